@@ -1,0 +1,80 @@
+# braid: one entry point. `make` builds the engine and tests into build/; `make test` runs every
+# suite. With nvcc present the CUDA sources are compiled too (CUDA=0 forces a CPU-only engine).
+
+BUILD     ?= build
+CXX       ?= g++
+NVCC      ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA      ?= $(if $(NVCC),1,0)
+# Optional OpenBLAS for the CPU GEMM (the blocked kernel is used without it).
+BLAS      ?= $(if $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h),1,0)
+
+CXXFLAGS  := -std=c++20 -O2 -g -Wall -Wextra -fopenmp -I. -MMD -MP
+LDFLAGS   := -fopenmp -pthread
+LDLIBS    :=
+
+# Arch-specific sm_90a (wgmma, setmaxnreg) plus portable sm_90.
+NVCCFLAGS := -std=c++20 -O3 -I. -MMD -MP --expt-relaxed-constexpr -lineinfo \
+             -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=sm_90 \
+             -Xcompiler=-fopenmp,-Wall,-Wextra -DBRAID_CUDA
+
+ENGINE_SRC := $(wildcard runtime/*.cpp autograd/*.cpp kernels/cpu/*.cpp layers/*.cpp layers/ops/*.cpp)
+CUDA_ONLY  := $(filter %_cuda.cpp,$(ENGINE_SRC))
+ENGINE_SRC := $(filter-out $(CUDA_ONLY),$(ENGINE_SRC))
+CPU_TEST_SRC  := $(wildcard tests/cpu/*.cpp)
+CUDA_TEST_SRC := $(wildcard tests/cuda/*.cpp)
+
+ifeq ($(CUDA),1)
+  CXXFLAGS  += -DBRAID_CUDA -I$(CUDA_HOME)/include
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart
+  ENGINE_SRC += $(CUDA_ONLY)
+  ENGINE_CU  := $(wildcard runtime/*.cu kernels/cuda/*.cu)
+  CUDA_TEST_CU := $(wildcard tests/cuda/*.cu)
+endif
+ifeq ($(BLAS),1)
+  CXXFLAGS  += -DBRAID_CBLAS -I/usr/include/x86_64-linux-gnu/openblas-pthread
+  LDLIBS    += -lopenblas
+endif
+
+ENGINE_OBJ := $(ENGINE_SRC:%.cpp=$(BUILD)/obj/%.o) $(ENGINE_CU:%.cu=$(BUILD)/obj/%.cu.o)
+LIBBRAID   := $(BUILD)/libbraid.a
+CPU_TESTS  := $(BUILD)/tests/cpu_tests
+CUDA_TESTS := $(BUILD)/tests/cuda_tests
+TEST_LIBS  := -lgtest -lgtest_main
+
+TARGETS := $(LIBBRAID) $(CPU_TESTS)
+ifeq ($(CUDA),1)
+  TARGETS += $(CUDA_TESTS)
+endif
+
+.PHONY: all test clean
+all: $(TARGETS)
+
+$(LIBBRAID): $(ENGINE_OBJ)
+	@mkdir -p $(@D)
+	ar rcs $@ $^
+
+$(BUILD)/obj/%.o: %.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.cu.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(CPU_TESTS): $(CPU_TEST_SRC:%.cpp=$(BUILD)/obj/%.o) $(LIBBRAID)
+	@mkdir -p $(@D)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(TEST_LIBS) $(LDLIBS)
+
+$(CUDA_TESTS): $(CUDA_TEST_SRC:%.cpp=$(BUILD)/obj/%.o) $(CUDA_TEST_CU:%.cu=$(BUILD)/obj/%.cu.o) $(LIBBRAID)
+	@mkdir -p $(@D)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(TEST_LIBS) $(LDLIBS)
+
+# Runs every suite and ends with one "N passed, N failed, N skipped" line.
+test: all
+	@bash tests/run_suites.sh $(filter-out $(LIBBRAID),$(TARGETS))
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,46 @@
+#include "autograd/variable.h"
+
+namespace braid::autograd {
+
+Var leaf(Tensor value, bool requires_grad, std::string name) {
+  auto variable = std::make_shared<Variable>();
+  variable->value = std::move(value);
+  variable->requires_grad = requires_grad;
+  variable->name = std::move(name);
+  return variable;
+}
+
+DType grad_dtype(DType value_dtype) { return value_dtype == DType::f64 ? DType::f64 : DType::f32; }
+
+namespace {
+
+template <typename T>
+void add_into(Tensor& total, const Tensor& delta) {
+  T* out = total.data<T>();
+  const T* in = delta.data<T>();
+  const int64_t count = total.numel();
+#pragma omp parallel for schedule(static) if (count > 65536)
+  for (int64_t i = 0; i < count; ++i) out[i] += in[i];
+}
+
+}  // namespace
+
+void accumulate_grad(Variable& variable, const Tensor& delta) {
+  BRAID_CHECK(delta.shape() == variable.value.shape(), "gradient of shape ", shape_str(delta.shape()),
+              " for a variable of shape ", shape_str(variable.value.shape()),
+              variable.name.empty() ? "" : " (", variable.name, variable.name.empty() ? "" : ")");
+  const DType dtype = grad_dtype(variable.value.dtype());
+  if (!variable.grad.defined()) {
+    // Always a private copy: a node may hand the same tensor to several inputs.
+    variable.grad = Tensor::empty(delta.shape(), dtype, delta.device());
+    variable.grad.copy_from(delta);
+    return;
+  }
+  BRAID_CHECK(variable.grad.device().is_cpu(), "gradient accumulation on ",
+              variable.grad.device().to_string(), " arrives with the CUDA backend");
+  const Tensor addend = delta.to(dtype).contiguous();
+  if (dtype == DType::f64) add_into<double>(variable.grad, addend);
+  else add_into<float>(variable.grad, addend);
+}
+
+}  // namespace braid::autograd

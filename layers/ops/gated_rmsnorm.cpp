@@ -1,0 +1,72 @@
+#include "layers/ops/gated_rmsnorm.h"
+
+#include <cmath>
+
+#include "autograd/tape.h"
+#include "kernels/cpu/gated_rmsnorm.h"
+#include "layers/ops/checks.h"
+#include "layers/ops/dispatch.h"
+
+namespace braid::ops {
+
+namespace {
+
+class GatedRmsnormNode : public autograd::Node {
+ public:
+  GatedRmsnormNode(Tensor y, Tensor z, Tensor weight, Tensor rstd, int64_t groups)
+      : y_(std::move(y)), z_(std::move(z)), weight_(std::move(weight)), rstd_(std::move(rstd)),
+        groups_(groups) {}
+  const char* name() const override { return "gated_rmsnorm"; }
+
+  std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+    Tensor d_out = grad_outputs[0].to(y_.dtype()).contiguous();
+    Tensor d_y = Tensor::empty(y_.shape(), y_.dtype());
+    Tensor d_z = Tensor::empty(z_.shape(), z_.dtype());
+    Tensor d_weight = Tensor::empty(weight_.shape(), weight_.dtype());
+    const int64_t channels = weight_.numel();
+    dispatch_cpu_float("gated_rmsnorm", y_.dtype(), [&]<typename T>() {
+      kernels::cpu::gated_rmsnorm_backward<T>(y_.data<T>(), z_.data<T>(), weight_.data<T>(),
+                                              rstd_.data<T>(), d_out.data<T>(), d_y.data<T>(),
+                                              d_z.data<T>(), d_weight.data<T>(),
+                                              y_.numel() / channels, groups_, channels / groups_);
+    });
+    return {d_y, d_z, d_weight};
+  }
+
+ private:
+  Tensor y_, z_, weight_, rstd_;
+  int64_t groups_;
+};
+
+}  // namespace
+
+autograd::Var gated_rmsnorm(const autograd::Var& y, const autograd::Var& z,
+                            const autograd::Var& weight, int64_t groups, double eps) {
+  const char* op = "gated_rmsnorm";
+  BRAID_CHECK(y->value.dim() >= 1, op, ": y must have a channel dimension, got shape ",
+              shape_str(y->value.shape()));
+  check_floating(op, "y", y->value);
+  check_same_shape(op, "y", y->value, "z", z->value);
+  const int64_t channels = y->value.size(-1);
+  BRAID_CHECK(groups >= 1 && channels >= 1 && channels % groups == 0, op, ": ", channels,
+              " channels (y has shape ", shape_str(y->value.shape()), ") do not split into ", groups,
+              " groups");
+  check_shape(op, "weight", weight->value, {channels});
+  check_same_type(op, "y", y->value, "z", z->value);
+  check_same_type(op, "y", y->value, "weight", weight->value);
+  BRAID_CHECK(eps >= 0 && std::isfinite(eps), op, ": eps must be finite and >= 0, got ", eps);
+  check_cpu(op, y->value);
+
+  Tensor yc = y->value.contiguous(), zc = z->value.contiguous(), w = weight->value.contiguous();
+  const int64_t rows = yc.numel() / channels;
+  Tensor out = Tensor::empty(yc.shape(), yc.dtype());
+  Tensor rstd = Tensor::empty({rows, groups}, yc.dtype());
+  dispatch_cpu_float(op, yc.dtype(), [&]<typename T>() {
+    kernels::cpu::gated_rmsnorm_forward<T>(yc.data<T>(), zc.data<T>(), w.data<T>(), out.data<T>(),
+                                           rstd.data<T>(), rows, groups, channels / groups, eps);
+  });
+  return autograd::record(std::make_shared<GatedRmsnormNode>(yc, zc, w, rstd, groups),
+                          {y, z, weight}, out);
+}
+
+}  // namespace braid::ops
