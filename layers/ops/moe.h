@@ -1,0 +1,37 @@
+#pragma once
+
+#include <cstdint>
+
+#include "autograd/variable.h"
+
+namespace braid::ops {
+
+// What the router decided for n tokens, E experts and k experts per token (MODEL.md section 5).
+// Slot s = t*k + j is token t's j-th choice. Expert e's rows of the permuted order are
+// [offsets[e], offsets[e+1]), so xs.narrow(0, offsets[e], offsets[e+1] - offsets[e]) is its input.
+struct RouteResult {
+  autograd::Var weights;  // (n, k) unbiased sigmoid scores, differentiable in the logits
+  Tensor indices;         // (n, k) i32 selected experts, best first
+  Tensor order;           // (n*k) i32 slot ids, expert-major, tokens increasing within an expert
+  Tensor offsets;         // (E+1) i64
+  Tensor load;            // (E) i64 token-slots per expert, for moe_bias_update
+};
+
+// Routes each token of `logits` (n, E) to the k experts with the largest sigmoid(logit) + bias;
+// `bias` (E) affects selection only. `normalize` divides the k weights by their sum.
+RouteResult moe_route(const autograd::Var& logits, const Tensor& bias, int64_t k,
+                      bool normalize = false);
+
+// x (n, d) -> xs (n*k, d): token rows in the route's expert-major order.
+autograd::Var moe_gather(const autograd::Var& x, const RouteResult& route);
+
+// ys (n*k, d) in the route's order, weights (n, k) -> out (n, d):
+// out[t] = sum_j weights[t, j] * (the row of ys holding slot t*k + j).
+autograd::Var moe_combine(const autograd::Var& ys, const autograd::Var& weights,
+                          const RouteResult& route);
+
+// Auxiliary-loss-free balancing, after each step and outside autograd, in place:
+// bias[e] += rate * sign(mean(load) - load[e]).
+void moe_bias_update(const Tensor& bias, const Tensor& load, double rate = 1e-3);
+
+}  // namespace braid::ops
