@@ -36,4 +36,9 @@ using Function = std::function<Var(const std::vector<Var>& inputs)>;
 GradcheckResult gradcheck(const Function& function, const std::vector<Tensor>& inputs,
                           const GradcheckOptions& options = {});
 
+// The same check with respect to existing f64 leaves (e.g. every parameter of a model), whose values
+// are perturbed in place and restored. `function` must read them on every call.
+GradcheckResult gradcheck_leaves(const std::function<Var()>& function, const std::vector<Var>& leaves,
+                                 const GradcheckOptions& options = {});
+
 }  // namespace braid::autograd

@@ -1,0 +1,78 @@
+#include "layers/ops/embedding.h"
+
+#include "autograd/tape.h"
+#include "kernels/cpu/embedding.h"
+#include "layers/ops/checks.h"
+#include "layers/ops/dispatch.h"
+
+namespace braid::ops {
+
+namespace {
+
+// The multi-index of row-major flat position `flat` in `shape`, e.g. [1, 2].
+Shape unravel(int64_t flat, const Shape& shape) {
+  Shape index(shape.size());
+  for (size_t d = shape.size(); d-- > 0;) {
+    index[d] = flat % shape[d];
+    flat /= shape[d];
+  }
+  return index;
+}
+
+class EmbeddingNode : public autograd::Node {
+ public:
+  EmbeddingNode(Tensor ids, Shape table_shape, DType dtype)
+      : ids_(std::move(ids)), table_shape_(std::move(table_shape)), dtype_(dtype) {}
+  const char* name() const override { return "embedding"; }
+
+  std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+    Tensor d_out = grad_outputs[0].to(dtype_).contiguous();
+    Tensor d_table = Tensor::empty(table_shape_, dtype_);
+    dispatch_cpu_float("embedding", dtype_, [&]<typename T>() {
+      kernels::cpu::embedding_backward<T>(ids_.data<int64_t>(), d_out.data<T>(), d_table.data<T>(),
+                                          ids_.numel(), table_shape_[0], table_shape_[1]);
+    });
+    return {d_table, Tensor()};
+  }
+
+ private:
+  Tensor ids_;  // i64, contiguous
+  Shape table_shape_;
+  DType dtype_;
+};
+
+}  // namespace
+
+autograd::Var embedding(const autograd::Var& table, const autograd::Var& ids) {
+  const Tensor& table_value = table->value;
+  check_dim("embedding", "table", table_value, 2);
+  check_floating("embedding", "table", table_value);
+  BRAID_CHECK(ids->value.defined() && !is_floating(ids->value.dtype()),
+              "embedding: ids must be an integer tensor, got ",
+              ids->value.defined() ? ids->value.describe() : "an undefined tensor",
+              " (table has shape ", shape_str(table_value.shape()), ")");
+  check_cpu("embedding", table_value);
+  check_cpu("embedding", ids->value);
+  const int64_t vocab = table_value.size(0), dim = table_value.size(1);
+  Tensor ids_i64 = ids->value.to(DType::i64).contiguous();
+  const int64_t* id = ids_i64.data<int64_t>();
+  for (int64_t i = 0; i < ids_i64.numel(); ++i)
+    BRAID_CHECK(id[i] >= 0 && id[i] < vocab, "embedding: token id ", id[i], " at position ",
+                shape_str(unravel(i, ids_i64.shape())), " of ids with shape ",
+                shape_str(ids_i64.shape()), " is out of range for a table of V = ", vocab,
+                " rows (shape ", shape_str(table_value.shape()), ")");
+
+  Tensor table_contiguous = table_value.contiguous();
+  Shape out_shape = ids_i64.shape();
+  out_shape.push_back(dim);
+  Tensor out = Tensor::empty(out_shape, table_value.dtype());
+  dispatch_cpu_float("embedding", table_value.dtype(), [&]<typename T>() {
+    kernels::cpu::embedding_forward<T>(table_contiguous.data<T>(), id, out.data<T>(),
+                                       ids_i64.numel(), dim);
+  });
+  return autograd::record(
+      std::make_shared<EmbeddingNode>(ids_i64, table_value.shape(), table_value.dtype()),
+      {table, ids}, out);
+}
+
+}  // namespace braid::ops

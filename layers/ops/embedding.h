@@ -1,0 +1,11 @@
+#pragma once
+
+#include "autograd/variable.h"
+
+namespace braid::ops {
+
+// Rows of `table` (V, d) picked by `ids` (any shape, integer dtype i32, i64, u16 or u32) -> ids'
+// shape + (d). The ids get no gradient; the table's gradient is the scatter-add of the output's.
+autograd::Var embedding(const autograd::Var& table, const autograd::Var& ids);
+
+}  // namespace braid::ops

@@ -1,0 +1,105 @@
+#include "layers/ops/layout.h"
+
+#include "autograd/tape.h"
+
+namespace braid::ops {
+
+namespace {
+
+int64_t resolve_dim(const char* op, const Tensor& x, int64_t dim) {
+  const int64_t axis = dim < 0 ? dim + x.dim() : dim;
+  BRAID_CHECK(axis >= 0 && axis < x.dim(), op, ": dimension ", dim, " out of range for shape ",
+              shape_str(x.shape()));
+  return axis;
+}
+
+class ReshapeNode : public autograd::Node {
+ public:
+  explicit ReshapeNode(Shape input_shape) : input_shape_(std::move(input_shape)) {}
+  const char* name() const override { return "reshape"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& grads) override {
+    return {grads[0].contiguous().reshape(input_shape_)};
+  }
+
+ private:
+  Shape input_shape_;
+};
+
+class NarrowNode : public autograd::Node {
+ public:
+  NarrowNode(Shape input_shape, int64_t dim, int64_t start)
+      : input_shape_(std::move(input_shape)), dim_(dim), start_(start) {}
+  const char* name() const override { return "narrow"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& grads) override {
+    Tensor dx = Tensor::zeros(input_shape_, grads[0].dtype(), grads[0].device());
+    dx.narrow(dim_, start_, grads[0].size(dim_)).copy_from(grads[0]);
+    return {dx};
+  }
+
+ private:
+  Shape input_shape_;
+  int64_t dim_, start_;
+};
+
+class ConcatNode : public autograd::Node {
+ public:
+  ConcatNode(std::vector<int64_t> sizes, int64_t dim) : sizes_(std::move(sizes)), dim_(dim) {}
+  const char* name() const override { return "concat"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& grads) override {
+    std::vector<Tensor> parts;
+    int64_t start = 0;
+    for (int64_t size : sizes_) {
+      parts.push_back(grads[0].narrow(dim_, start, size).contiguous());
+      start += size;
+    }
+    return parts;
+  }
+
+ private:
+  std::vector<int64_t> sizes_;
+  int64_t dim_;
+};
+
+}  // namespace
+
+autograd::Var reshape(const autograd::Var& x, const Shape& shape) {
+  Tensor out = x->value.contiguous().reshape(shape);
+  return autograd::record(std::make_shared<ReshapeNode>(x->value.shape()), {x}, out);
+}
+
+autograd::Var narrow(const autograd::Var& x, int64_t dim, int64_t start, int64_t length) {
+  const int64_t axis = resolve_dim("narrow", x->value, dim);
+  Tensor out = x->value.narrow(axis, start, length).contiguous();
+  if (out.storage() == x->value.storage()) out = out.clone();  // a private copy, never an alias
+  return autograd::record(std::make_shared<NarrowNode>(x->value.shape(), axis, start), {x}, out);
+}
+
+autograd::Var concat(const std::vector<autograd::Var>& parts, int64_t dim) {
+  BRAID_CHECK(!parts.empty(), "concat of no tensors");
+  const Tensor& first = parts[0]->value;
+  const int64_t axis = resolve_dim("concat", first, dim);
+  Shape shape = first.shape();
+  shape[size_t(axis)] = 0;
+  std::vector<int64_t> sizes;
+  for (const autograd::Var& part : parts) {
+    const Tensor& value = part->value;
+    Shape expected = first.shape();
+    expected[size_t(axis)] = value.dim() == first.dim() ? value.size(axis) : -1;
+    BRAID_CHECK(value.shape() == expected, "concat: part has shape ", shape_str(value.shape()),
+                " but the first part has shape ", shape_str(first.shape()), " (joining dimension ",
+                axis, ")");
+    BRAID_CHECK(value.dtype() == first.dtype() && value.device() == first.device(), "concat: part is ",
+                value.describe(), " but the first part is ", first.describe());
+    sizes.push_back(value.size(axis));
+    shape[size_t(axis)] += value.size(axis);
+  }
+  Tensor out = Tensor::empty(shape, first.dtype(), first.device());
+  int64_t start = 0;
+  for (const autograd::Var& part : parts) {
+    out.narrow(axis, start, part->value.size(axis)).copy_from(part->value);
+    start += part->value.size(axis);
+  }
+  return autograd::record(std::make_shared<ConcatNode>(sizes, axis), parts, out);
+}
+
+}  // namespace braid::ops

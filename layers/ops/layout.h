@@ -1,0 +1,19 @@
+// Layout ops with gradients: reshape, narrow (a slice along one dimension) and concat. They move
+// data with the runtime's copies, so they work on every device.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "autograd/variable.h"
+
+namespace braid::ops {
+
+// A view of a contiguous input with another shape (one -1 inferred); copies when not contiguous.
+autograd::Var reshape(const autograd::Var& x, const Shape& shape);
+// Elements [start, start + length) along `dim`, as a new contiguous tensor.
+autograd::Var narrow(const autograd::Var& x, int64_t dim, int64_t start, int64_t length);
+// Joins along `dim`; every other dimension must match.
+autograd::Var concat(const std::vector<autograd::Var>& parts, int64_t dim);
+
+}  // namespace braid::ops

@@ -1,0 +1,140 @@
+#include "layers/ops/matmul.h"
+
+#include "autograd/tape.h"
+#include "kernels/cpu/gemm.h"
+#include "layers/ops/checks.h"
+#include "layers/ops/dispatch.h"
+
+namespace braid::ops {
+
+namespace {
+
+using kernels::cpu::gemm;
+
+// Whether backward must produce a gradient for input `index` of `node`.
+bool wants_grad(const autograd::Node& node, size_t index) {
+  return node.inputs[index] && node.inputs[index]->requires_grad;
+}
+
+// Number of rows of `x` seen as a matrix (..., last): the product of its leading sizes.
+int64_t leading_rows(const Tensor& x) {
+  return shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
+}
+
+// C = op(A) op(B) with A stored (M, K), or (K, M) when trans_a; B stored (K, N), or (N, K) when
+// trans_b. Backward: d op(A) = dC op(B)ᵀ and d op(B) = op(A)ᵀ dC, stored back in A's and B's
+// layouts.
+class MatmulNode : public autograd::Node {
+ public:
+  MatmulNode(Tensor a, Tensor b, bool trans_a, bool trans_b)
+      : a_(std::move(a)), b_(std::move(b)), trans_a_(trans_a), trans_b_(trans_b) {}
+  const char* name() const override { return "matmul"; }
+
+  std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+    const int64_t M = trans_a_ ? a_.size(1) : a_.size(0), K = trans_a_ ? a_.size(0) : a_.size(1);
+    const int64_t N = trans_b_ ? b_.size(0) : b_.size(1);
+    const int64_t ld_a = a_.size(1), ld_b = b_.size(1);
+    Tensor d_c = grad_outputs[0].to(a_.dtype()).contiguous();
+    Tensor d_a, d_b;
+    if (wants_grad(*this, 0)) d_a = Tensor::empty(a_.shape(), a_.dtype());
+    if (wants_grad(*this, 1)) d_b = Tensor::empty(b_.shape(), b_.dtype());
+    dispatch_cpu_float("matmul", a_.dtype(), [&]<typename T>() {
+      const T* a = a_.data<T>();
+      const T* b = b_.data<T>();
+      const T* dc = d_c.data<T>();
+      if (d_a.defined()) {
+        if (trans_a_)  // d_a (K, M) = op(B) dCᵀ
+          gemm<T>(trans_b_, true, K, M, N, T(1), b, ld_b, dc, N, T(0), d_a.data<T>(), M);
+        else  // d_a (M, K) = dC op(B)ᵀ
+          gemm<T>(false, !trans_b_, M, K, N, T(1), dc, N, b, ld_b, T(0), d_a.data<T>(), K);
+      }
+      if (d_b.defined()) {
+        if (trans_b_)  // d_b (N, K) = dCᵀ op(A)
+          gemm<T>(true, trans_a_, N, K, M, T(1), dc, N, a, ld_a, T(0), d_b.data<T>(), K);
+        else  // d_b (K, N) = op(A)ᵀ dC
+          gemm<T>(!trans_a_, false, K, N, M, T(1), a, ld_a, dc, N, T(0), d_b.data<T>(), N);
+      }
+    });
+    return {d_a, d_b};
+  }
+
+ private:
+  Tensor a_, b_;
+  bool trans_a_, trans_b_;
+};
+
+// y (rows, out) = x (rows, in) Wᵀ; dx = dy W, dW = dyᵀ x (summed over every row).
+class LinearNode : public autograd::Node {
+ public:
+  LinearNode(Tensor x, Tensor weight) : x_(std::move(x)), weight_(std::move(weight)) {}
+  const char* name() const override { return "linear"; }
+
+  std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+    const int64_t out = weight_.size(0), in = weight_.size(1), rows = leading_rows(x_);
+    Tensor d_y = grad_outputs[0].to(x_.dtype()).contiguous();
+    Tensor d_x, d_weight;
+    if (wants_grad(*this, 0)) d_x = Tensor::empty(x_.shape(), x_.dtype());
+    if (wants_grad(*this, 1)) d_weight = Tensor::empty(weight_.shape(), weight_.dtype());
+    dispatch_cpu_float("linear", x_.dtype(), [&]<typename T>() {
+      if (d_x.defined())
+        gemm<T>(false, false, rows, in, out, T(1), d_y.data<T>(), out, weight_.data<T>(), in, T(0),
+                d_x.data<T>(), in);
+      if (d_weight.defined())
+        gemm<T>(true, false, out, in, rows, T(1), d_y.data<T>(), out, x_.data<T>(), in, T(0),
+                d_weight.data<T>(), in);
+    });
+    return {d_x, d_weight};
+  }
+
+ private:
+  Tensor x_, weight_;
+};
+
+}  // namespace
+
+autograd::Var matmul(const autograd::Var& a, const autograd::Var& b, bool trans_a, bool trans_b) {
+  check_dim("matmul", "a", a->value, 2);
+  check_dim("matmul", "b", b->value, 2);
+  check_same_type("matmul", "a", a->value, "b", b->value);
+  check_cpu("matmul", a->value);
+  Tensor a_value = a->value.contiguous(), b_value = b->value.contiguous();
+  const int64_t M = trans_a ? a_value.size(1) : a_value.size(0);
+  const int64_t K = trans_a ? a_value.size(0) : a_value.size(1);
+  const int64_t K_b = trans_b ? b_value.size(1) : b_value.size(0);
+  const int64_t N = trans_b ? b_value.size(0) : b_value.size(1);
+  BRAID_CHECK(K == K_b, "matmul: a has shape ", shape_str(a_value.shape()),
+              trans_a ? " (transposed)" : "", " but b has shape ", shape_str(b_value.shape()),
+              trans_b ? " (transposed)" : "", ": inner sizes ", K, " and ", K_b, " differ");
+  Tensor c = Tensor::empty({M, N}, a_value.dtype());
+  dispatch_cpu_float("matmul", a_value.dtype(), [&]<typename T>() {
+    gemm<T>(trans_a, trans_b, M, N, K, T(1), a_value.data<T>(), a_value.size(1), b_value.data<T>(),
+            b_value.size(1), T(0), c.data<T>(), N);
+  });
+  return autograd::record(std::make_shared<MatmulNode>(a_value, b_value, trans_a, trans_b), {a, b},
+                          c);
+}
+
+autograd::Var linear(const autograd::Var& x, const autograd::Var& weight) {
+  check_dim("linear", "weight", weight->value, 2);
+  BRAID_CHECK(x->value.dim() >= 1, "linear: x must have at least 1 dimension, got shape ",
+              shape_str(x->value.shape()), " (weight has shape ", shape_str(weight->value.shape()),
+              ")");
+  BRAID_CHECK(x->value.size(-1) == weight->value.size(1), "linear: x has shape ",
+              shape_str(x->value.shape()), " but weight has shape ",
+              shape_str(weight->value.shape()), ": inner sizes ", x->value.size(-1), " and ",
+              weight->value.size(1), " differ");
+  check_same_type("linear", "x", x->value, "weight", weight->value);
+  check_cpu("linear", x->value);
+  Tensor x_value = x->value.contiguous(), w_value = weight->value.contiguous();
+  const int64_t out = w_value.size(0), in = w_value.size(1), rows = leading_rows(x_value);
+  Shape y_shape = x_value.shape();
+  y_shape.back() = out;
+  Tensor y = Tensor::empty(y_shape, x_value.dtype());
+  dispatch_cpu_float("linear", x_value.dtype(), [&]<typename T>() {
+    gemm<T>(false, true, rows, out, in, T(1), x_value.data<T>(), in, w_value.data<T>(), in, T(0),
+            y.data<T>(), out);
+  });
+  return autograd::record(std::make_shared<LinearNode>(x_value, w_value), {x, weight}, y);
+}
+
+}  // namespace braid::ops
