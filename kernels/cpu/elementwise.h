@@ -20,6 +20,9 @@ void scale(const T* a, T factor, T* out, int64_t n);
 // the number of threads.
 template <typename T>
 double sum(const T* a, int64_t n);
+// Sum of squares, the same way (the global gradient norm).
+template <typename T>
+double sum_of_squares(const T* a, int64_t n);
 
 template <typename T>
 void mul_broadcast_last_forward(const T* x, const T* v, T* out, int64_t rows, int64_t channels);

@@ -1,0 +1,31 @@
+// A pre-norm residual block (MODEL.md section 1):
+//   h   = x + Mixer(RMSNorm(x))
+//   out = h + FFN(RMSNorm(h))
+// The mixer is attention (T), sliding-window attention (W), Mamba-2 (M) or intra-hybrid (H).
+#pragma once
+
+#include "layers/basic.h"
+#include "layers/mixer.h"
+#include "layers/model_config.h"
+
+namespace braid {
+
+class MoE;
+
+class Block : public Module {
+ public:
+  Block(const ModelConfig& config, char kind, const TensorOptions& options);
+  autograd::Var forward(const autograd::Var& x) const;
+  char kind() const { return kind_; }
+  MoE* moe() const { return moe_; }  // nullptr for a dense FFN
+
+ private:
+  char kind_;
+  RMSNorm* mixer_norm_;
+  Mixer* mixer_;
+  RMSNorm* ffn_norm_;
+  FeedForward* ffn_;
+  MoE* moe_ = nullptr;
+};
+
+}  // namespace braid

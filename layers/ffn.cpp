@@ -1,0 +1,63 @@
+#include "layers/ffn.h"
+
+#include "autograd/tape.h"
+#include "layers/basic.h"
+#include "layers/ops/elementwise.h"
+#include "layers/ops/layout.h"
+#include "layers/ops/moe.h"
+#include "layers/ops/swiglu.h"
+
+namespace braid {
+
+SwiGLU::SwiGLU(int64_t d_model, int64_t d_ffn, const TensorOptions& options, double init_std,
+               double output_std) {
+  gate_proj_ = add_module("gate_proj", std::make_unique<Linear>(d_model, d_ffn, options, init_std));
+  up_proj_ = add_module("up_proj", std::make_unique<Linear>(d_model, d_ffn, options, init_std));
+  down_proj_ = add_module("down_proj", std::make_unique<Linear>(d_ffn, d_model, options, output_std));
+}
+
+autograd::Var SwiGLU::forward(const autograd::Var& x) const {
+  return down_proj_->forward(ops::swiglu(gate_proj_->forward(x), up_proj_->forward(x)));
+}
+
+MoE::MoE(int64_t d_model, const FfnConfig& config, const TensorOptions& options, double init_std,
+         double output_std)
+    : config_(config) {
+  const int64_t expert_width = config.d_ffn / 2;
+  shared_ = add_module("shared", std::make_unique<SwiGLU>(d_model, expert_width, options, init_std, output_std));
+  router_ = add_module("router", std::make_unique<Linear>(d_model, config.n_experts, options, init_std));
+  for (int64_t e = 0; e < config.n_experts; ++e)
+    experts_.push_back(add_module("experts." + std::to_string(e),
+                                  std::make_unique<SwiGLU>(d_model, expert_width, options, init_std, output_std)));
+  routing_bias_ = Tensor::zeros({config.n_experts}, DType::f32);
+  load_ = Tensor::zeros({config.n_experts}, DType::i64);
+}
+
+autograd::Var MoE::forward(const autograd::Var& x) const {
+  const Shape shape = x->value.shape();
+  const int64_t d = shape.back();
+  autograd::Var tokens = ops::reshape(x, {-1, d});
+  ops::RouteResult route = ops::moe_route(router_->forward(tokens), routing_bias_, config_.top_k);
+  if (autograd::grad_enabled()) {  // training forwards only (a recompute replay counts once)
+    const int64_t* routed = route.load.data<int64_t>();
+    int64_t* total = load_.data<int64_t>();
+    for (int64_t e = 0; e < config_.n_experts; ++e) total[e] += routed[e];
+  }
+  // Each expert runs on its contiguous slice of the expert-major token order.
+  autograd::Var gathered = ops::moe_gather(tokens, route);
+  const int64_t* offsets = route.offsets.data<int64_t>();
+  std::vector<autograd::Var> outputs;
+  for (int64_t e = 0; e < config_.n_experts; ++e) {
+    const int64_t count = offsets[e + 1] - offsets[e];
+    if (count > 0) outputs.push_back(experts_[size_t(e)]->forward(ops::narrow(gathered, 0, offsets[e], count)));
+  }
+  autograd::Var routed = ops::moe_combine(ops::concat(outputs, 0), route.weights, route);
+  return ops::reshape(ops::add(shared_->forward(tokens), routed), shape);
+}
+
+void MoE::update_routing_bias() {
+  ops::moe_bias_update(routing_bias_, load_, config_.bias_update_rate);
+  load_.fill_(0);
+}
+
+}  // namespace braid

@@ -1,0 +1,44 @@
+// Feed-forward networks (MODEL.md sections 1 and 5): the dense SwiGLU FFN, and the MoE FFN of one
+// shared expert plus top-k of E routed experts with sigmoid scores and auxiliary-loss-free balancing.
+#pragma once
+
+#include <vector>
+
+#include "layers/mixer.h"
+#include "layers/model_config.h"
+
+namespace braid {
+
+class Linear;
+
+class SwiGLU : public FeedForward {
+ public:
+  SwiGLU(int64_t d_model, int64_t d_ffn, const TensorOptions& options, double init_std, double output_std);
+  autograd::Var forward(const autograd::Var& x) const override;  // down(SiLU(gate x) ⊙ up x)
+
+ private:
+  Linear *gate_proj_, *up_proj_, *down_proj_;
+};
+
+class MoE : public FeedForward {
+ public:
+  MoE(int64_t d_model, const FfnConfig& config, const TensorOptions& options, double init_std,
+      double output_std);
+  autograd::Var forward(const autograd::Var& x) const override;
+
+  // bias_e += rate * sign(mean load - load_e) from the loads routed since the last call; then the
+  // count restarts. Called once per optimizer step.
+  void update_routing_bias();
+  const Tensor& routing_bias() const { return routing_bias_; }
+  const Tensor& load_since_update() const { return load_; }
+
+ private:
+  FfnConfig config_;
+  SwiGLU* shared_;
+  Linear* router_;
+  std::vector<SwiGLU*> experts_;
+  Tensor routing_bias_;  // (E) f32, a buffer: selection only, no gradient
+  mutable Tensor load_;  // (E) i64, token-slots routed since the last bias update
+};
+
+}  // namespace braid

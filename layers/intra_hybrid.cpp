@@ -1,0 +1,92 @@
+#include "layers/intra_hybrid.h"
+
+#include "layers/basic.h"
+#include "layers/ops/elementwise.h"
+#include "layers/ops/gating.h"
+#include "layers/ops/group_norm.h"
+#include "layers/ops/layout.h"
+#include "layers/ops/swiglu.h"
+
+namespace braid {
+
+using Config = IntraHybridConfig;
+
+IntraHybrid::IntraHybrid(int64_t d_model, const IntraHybridConfig& intra,
+                         const AttentionShape& attention_shape, const MambaShape& mamba_shape,
+                         const TensorOptions& options, double init_std, double output_std)
+    : config_(intra), attn_heads_(attention_shape.n_heads), ssm_heads_(mamba_shape.n_heads()) {
+  const bool shared = intra.value_sharing == Config::ValueSharing::shared;
+  const int64_t v_dim = intra.v_dim, di = mamba_shape.d_ssm;
+  attn_ = add_module("attn", std::make_unique<Attention>(d_model, attention_shape, false, options, init_std,
+                                                         output_std));
+  ssm_ = add_module("ssm", std::make_unique<Mamba2>(d_model, mamba_shape, false, shared, 0.0, options,
+                                                    init_std, output_std));
+  if (intra.norm == Config::Norm::group) {
+    norm_attn_weight_ = add_parameter("norm_attn.weight", {v_dim}, options, Init::constant(1.0), false);
+    norm_attn_bias_ = add_parameter("norm_attn.bias", {v_dim}, options, Init::constant(0.0), false);
+    norm_ssm_weight_ = add_parameter("norm_ssm.weight", {di}, options, Init::constant(1.0), false);
+    norm_ssm_bias_ = add_parameter("norm_ssm.bias", {di}, options, Init::constant(0.0), false);
+  }
+  switch (intra.scaling) {
+    case Config::Scaling::none: break;
+    case Config::Scaling::vector:
+      scale_attn_ = add_parameter("scale_attn", {v_dim}, options, Init::constant(1.0), false);
+      scale_ssm_ = add_parameter("scale_ssm", {di}, options, Init::constant(1.0), false);
+      break;
+    case Config::Scaling::scalar:
+      scale_attn_ = add_parameter("scale_attn", {1}, options, Init::constant(1.0), false);
+      break;
+    case Config::Scaling::gate:
+      gate_proj_ = add_module("gate_proj", std::make_unique<Linear>(d_model, v_dim + di, options, init_std));
+      break;
+  }
+  if (intra.output == Config::Output::separate) {
+    out_ssm_ = add_module("out_ssm", std::make_unique<Linear>(di, d_model, options, output_std));
+    out_attn_ = add_module("out_attn", std::make_unique<Linear>(v_dim, d_model, options, output_std));
+  } else {
+    const int64_t joint_width = intra.fusion == Config::Fusion::concat ? di + v_dim : di;
+    out_proj_ = add_module("out_proj", std::make_unique<Linear>(joint_width, d_model, options, output_std));
+  }
+}
+
+autograd::Var IntraHybrid::forward(const autograd::Var& x) const {
+  Attention::Outputs attention = attn_->attend(x);
+  const bool shared = config_.value_sharing == Config::ValueSharing::shared;
+  Mamba2::Outputs mamba = ssm_->branch(x, shared ? attention.value : nullptr);
+  autograd::Var a = attention.heads;           // (B, T, v_dim)
+  autograd::Var m = ops::swiglu(mamba.z, mamba.y);  // y ⊙ SiLU(z), (B, T, d_ssm)
+
+  if (config_.norm == Config::Norm::group) {
+    a = ops::group_norm(a, norm_attn_weight_, norm_attn_bias_, attn_heads_);
+    m = ops::group_norm(m, norm_ssm_weight_, norm_ssm_bias_, ssm_heads_);
+  }
+  switch (config_.scaling) {
+    case Config::Scaling::none: break;
+    case Config::Scaling::vector:
+      a = ops::mul_broadcast_last(a, scale_attn_);
+      m = ops::mul_broadcast_last(m, scale_ssm_);
+      break;
+    case Config::Scaling::scalar: a = ops::mul_scalar(a, scale_attn_); break;
+    case Config::Scaling::gate: {
+      autograd::Var gate = ops::sigmoid(gate_proj_->forward(x));
+      const int64_t v_dim = a->value.size(-1);
+      a = ops::mul(a, ops::narrow(gate, -1, 0, v_dim));
+      m = ops::mul(m, ops::narrow(gate, -1, v_dim, m->value.size(-1)));
+      break;
+    }
+  }
+
+  const bool subtract = config_.fusion == Config::Fusion::subtract;
+  if (config_.output == Config::Output::separate) {
+    autograd::Var om = out_ssm_->forward(m), oa = out_attn_->forward(a);
+    return subtract ? ops::sub(om, oa) : ops::add(om, oa);
+  }
+  switch (config_.fusion) {
+    case Config::Fusion::subtract: return out_proj_->forward(ops::sub(m, a));
+    case Config::Fusion::add: return out_proj_->forward(ops::add(m, a));
+    case Config::Fusion::concat: return out_proj_->forward(ops::concat({m, a}, -1));
+  }
+  return nullptr;
+}
+
+}  // namespace braid
