@@ -9,14 +9,16 @@ CUDA      ?= $(if $(NVCC),1,0)
 # Optional OpenBLAS for the CPU GEMM (the blocked kernel is used without it).
 BLAS      ?= $(if $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h),1,0)
 
-CXXFLAGS  := -std=c++20 -O2 -g -Wall -Wextra -fopenmp -I. -MMD -MP
+# x86-64-v3 (AVX2, FMA): every machine we build or run on has it (developer, CI and GPU hosts), and
+# the CPU kernels are 2-4x faster with it than with the baseline SSE2.
+CXXFLAGS  := -std=c++20 -O2 -g -march=x86-64-v3 -Wall -Wextra -fopenmp -I. -MMD -MP
 LDFLAGS   := -fopenmp -pthread
 LDLIBS    :=
 
 # Arch-specific sm_90a (wgmma, setmaxnreg) plus portable sm_90.
 NVCCFLAGS := -std=c++20 -O3 -I. -MMD -MP --expt-relaxed-constexpr -lineinfo \
              -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=sm_90 \
-             -Xcompiler=-fopenmp,-Wall,-Wextra -DBRAID_CUDA
+             -Xcompiler=-fopenmp,-march=x86-64-v3,-Wall,-Wextra -DBRAID_CUDA
 
 # Program entry points: train/main.cpp -> build/train, infer/main.cpp -> build/infer,
 # tools/NAME_main.cpp -> build/NAME. Everything else is the engine library.
@@ -42,7 +44,8 @@ ifeq ($(BLAS),1)
 endif
 
 ENGINE_OBJ := $(ENGINE_SRC:%.cpp=$(BUILD)/obj/%.o) $(ENGINE_CU:%.cu=$(BUILD)/obj/%.cu.o)
-# Objects depend on the build configuration, so switching CUDA= or BLAS= rebuilds them.
+# Objects depend on the build configuration, so switching CUDA= or BLAS= (or editing this file's
+# flags) rebuilds them.
 CONFIG_STAMP := $(BUILD)/config-cuda$(CUDA)-blas$(BLAS)
 LIBBRAID   := $(BUILD)/libbraid.a
 CPU_TESTS  := $(BUILD)/tests/cpu_tests
@@ -64,7 +67,7 @@ $(LIBBRAID): $(ENGINE_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(CONFIG_STAMP):
+$(CONFIG_STAMP): Makefile
 	@mkdir -p $(@D)
 	@rm -f $(BUILD)/config-*
 	@touch $@
@@ -85,6 +88,9 @@ $(BUILD)/infer: $(BUILD)/obj/infer/main.o $(LIBBRAID)
 
 $(BUILD)/%: $(BUILD)/obj/tools/%_main.o $(LIBBRAID)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# Integration tests run the built programs, found beside the test binary's folder.
+$(INTEGRATION_TESTS): | $(BINARIES)
 
 $(INTEGRATION_TESTS): $(INTEGRATION_TEST_SRC:%.cpp=$(BUILD)/obj/%.o) $(LIBBRAID)
 	@mkdir -p $(@D)

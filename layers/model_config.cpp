@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "runtime/error.h"
+#include "runtime/suggest.h"
 
 namespace braid {
 
@@ -67,40 +68,6 @@ std::vector<std::string> names_of(const Choices<Enum>& choices) {
   std::vector<std::string> names;
   for (const auto& choice : choices) names.push_back(choice.first);
   return names;
-}
-
-std::string joined(const std::vector<std::string>& names) {
-  std::string out;
-  for (size_t i = 0; i < names.size(); ++i) out += (i ? ", " : "") + names[i];
-  return out;
-}
-
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> previous(b.size() + 1), current(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) previous[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    current[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      const bool same = std::tolower((unsigned char)a[i - 1]) == std::tolower((unsigned char)b[j - 1]);
-      const size_t substitute = previous[j - 1] + (same ? 0 : 1);
-      current[j] = std::min({previous[j] + 1, current[j - 1] + 1, substitute});
-    }
-    std::swap(previous, current);
-  }
-  return previous[b.size()];
-}
-
-// ` (did you mean "x"?)` naming the closest candidate (first in order on ties) when it is close
-// enough to be a plausible typo, else ` (expected one of a, b, c)`. `prefix` is prepended to the
-// suggested name (the key path of the enclosing object).
-std::string suggestion(const std::string& name, const std::vector<std::string>& candidates,
-                       const std::string& prefix = "") {
-  size_t best = 0;
-  for (size_t i = 1; i < candidates.size(); ++i)
-    if (edit_distance(name, candidates[i]) < edit_distance(name, candidates[best])) best = i;
-  if (!candidates.empty() && edit_distance(name, candidates[best]) <= std::max<size_t>(2, name.size() / 2))
-    return " (did you mean \"" + prefix + candidates[best] + "\"?)";
-  return " (expected one of " + joined(candidates) + ")";
 }
 
 // A short rendering of a JSON value for messages.

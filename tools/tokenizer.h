@@ -22,6 +22,9 @@ class Tokenizer {
   // A tokenizer saved by `save` (our own format: tiktoken ranks + a JSON line of specials).
   static Tokenizer load(const std::string& path);
   void save(const std::string& path) const;
+  // Ordinary token i has the bytes tokens[i] and rank i (merged as tiktoken does: an adjacent pair
+  // whose concatenation is a token merges at that token's rank); specials take the ids after them.
+  static Tokenizer from_ranks(std::vector<std::string> tokens, const std::map<std::string, uint32_t>& specials);
 
   // Ordinary text: special-token strings are encoded as plain text.
   std::vector<uint32_t> encode(std::string_view text) const;
@@ -42,5 +45,12 @@ class Tokenizer {
  private:
   std::shared_ptr<const Impl> impl_;
 };
+
+// GPT-2's pre-tokenization: the pieces of `text` that BPE runs on, in order; they concatenate to
+// `text`. Bytes that are not well-formed UTF-8 count as punctuation (the class of U+FFFD, which the
+// reference encoder would see in their place).
+std::vector<std::string_view> split_pretokens(std::string_view text);
+// GPT-2's byte-to-unicode mapping: the code point that stands for `byte` in encoder.json and vocab.bpe.
+char32_t gpt2_byte_to_code_point(uint8_t byte);
 
 }  // namespace braid

@@ -1,0 +1,60 @@
+// The training loop of the train binary: data, model, AdamW, schedule, gradient accumulation,
+// budgets, validation, samples, checkpoints, resume and metrics (DESIGN.md; MODEL.md section 8).
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <optional>
+
+#include "layers/hybrid_lm.h"
+#include "tools/tokenizer.h"
+#include "train/data_loader.h"
+#include "train/optimizer.h"
+#include "train/schedule.h"
+#include "train/train_config.h"
+
+namespace braid {
+
+struct TrainResult {
+  int64_t steps = 0;             // optimizer steps taken in total (including before a resume)
+  double final_train_loss = 0;   // mean loss of the last step
+  double final_val_loss = 0;     // NaN without a validation set
+  double unigram_entropy = 0;    // of the training tokens, nats (the no-context baseline)
+  std::string last_checkpoint;
+};
+
+class Trainer {
+ public:
+  explicit Trainer(TrainConfig config);
+  TrainResult run();
+
+ private:
+  void resume_from(const std::string& path);
+  struct StepResult {
+    double loss;       // mean over the step's micro-batches; NaN when the step was refused
+    double grad_norm;  // before clipping
+  };
+  StepResult train_step(int64_t step, double lr);
+  double evaluate();
+  void print_sample(int64_t step);
+  std::string save(int64_t step);
+  void log_step(int64_t step, double loss, double lr, double grad_norm, double seconds);
+
+  TrainConfig config_;
+  ModelConfig model_config_;
+  std::unique_ptr<HybridLM> model_;
+  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<DataLoader> train_data_, val_data_;
+  std::optional<Tokenizer> tokenizer_;
+  ScheduleConfig schedule_;
+  int64_t accumulation_ = 1;
+  int64_t total_steps_ = 0;
+  int64_t start_step_ = 0;
+  int64_t tokens_seen_ = 0;
+  double flops_per_token_ = 0;
+  std::ofstream metrics_;
+  TrainResult result_;
+};
+
+}  // namespace braid
