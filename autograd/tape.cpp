@@ -93,7 +93,12 @@ void backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds) {
       for (size_t i = 0; i < grad_inputs.size(); ++i) {
         const Var& input = node.inputs[i];
         if (!input || !input->requires_grad || !grad_inputs[i].defined()) continue;
-        accumulate_grad(*input, grad_inputs[i]);
+        // A fresh gradient is adopted without a copy unless the node returned its storage twice
+        // (e.g. add hands the same gradient to both inputs): then each input needs its own.
+        bool shared = false;
+        for (size_t j = 0; j < grad_inputs.size(); ++j)
+          shared = shared || (j != i && grad_inputs[j].defined() && grad_inputs[j].storage() == grad_inputs[i].storage());
+        accumulate_grad(*input, grad_inputs[i], /*adopt=*/!shared);
         if (!input->is_leaf) awaiting.emplace(input.get(), input);
       }
     }

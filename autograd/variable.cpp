@@ -25,13 +25,16 @@ void add_into(Tensor& total, const Tensor& delta) {
 
 }  // namespace
 
-void accumulate_grad(Variable& variable, const Tensor& delta) {
+void accumulate_grad(Variable& variable, const Tensor& delta, bool adopt) {
   BRAID_CHECK(delta.shape() == variable.value.shape(), "gradient of shape ", shape_str(delta.shape()),
               " for a variable of shape ", shape_str(variable.value.shape()),
               variable.name.empty() ? "" : " (", variable.name, variable.name.empty() ? "" : ")");
   const DType dtype = grad_dtype(variable.value.dtype());
   if (!variable.grad.defined()) {
-    // Always a private copy: a node may hand the same tensor to several inputs.
+    if (adopt && delta.dtype() == dtype && delta.is_contiguous()) {
+      variable.grad = delta;
+      return;
+    }
     variable.grad = Tensor::empty(delta.shape(), dtype, delta.device());
     variable.grad.copy_from(delta);
     return;

@@ -28,7 +28,8 @@ Var leaf(Tensor value, bool requires_grad = false, std::string name = "");
 // The dtype gradients of `value` are kept in.
 DType grad_dtype(DType value_dtype);
 
-// grad += delta (allocating grad on first use). `delta` may have any float dtype.
-void accumulate_grad(Variable& variable, const Tensor& delta);
+// grad += delta (allocating grad on first use). `delta` may have any float dtype. With `adopt`, a
+// first gradient that nobody else holds becomes the gradient itself instead of being copied.
+void accumulate_grad(Variable& variable, const Tensor& delta, bool adopt = false);
 
 }  // namespace braid::autograd

@@ -1,4 +1,6 @@
 // The host allocator: 64-byte aligned blocks (a cache line, and an AVX-512 vector) with statistics.
+#include <malloc.h>
+
 #include <cstdlib>
 #include <mutex>
 #include <unordered_map>
@@ -14,6 +16,13 @@ constexpr size_t kAlignment = 64;
 
 class CpuAllocator final : public Allocator {
  public:
+  CpuAllocator() {
+    // Keep large blocks in the heap instead of fresh mmaps: a training step frees and re-allocates
+    // the same big activations every step, and new mappings cost a page fault per 4 KiB.
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  }
+
   void* allocate(size_t bytes) override {
     size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
     if (rounded == 0) rounded = kAlignment;

@@ -176,7 +176,7 @@ void Tensor::copy_from(const Tensor& src) {
   }
   // Across devices: make the source contiguous in the destination's dtype on its own device, move
   // the bytes, then scatter into the destination's strides on its device.
-  Tensor staged = src.dtype_ == dtype_ && src.is_contiguous() ? src : src.to(dtype_);
+  Tensor staged = src.to(dtype_).contiguous();
   Tensor landed = is_contiguous() ? *this : Tensor::empty(shape_, dtype_, to);
   if (to.is_cuda()) cuda_set_device(to.index);
   else cuda_set_device(from.index);

@@ -54,6 +54,7 @@ void add_train_options(CLI::App& app, TrainConfig& c, std::string& config_file) 
   number("--eval-batches", c.eval_batches, "validation micro-batches per evaluation");
   number("--sample-every", c.sample_every, "print a text sample every N steps (0 = only at the end)");
   number("--sample-tokens", c.sample_tokens, "tokens per text sample");
+  number("--samples", c.samples, "text samples printed each time (different seeds)");
   text("--prompt", c.prompt, "text the samples start from (empty: a document start)");
   number("--checkpoint-every", c.checkpoint_every, "checkpoint every N steps (0 = only at the end)");
   number("--keep", c.keep, "checkpoints to keep");
@@ -105,7 +106,7 @@ std::string train_config_to_json(const TrainConfig& c) {
       {"adam_eps", c.adam_eps}, {"clip", c.clip}, {"recompute", c.recompute}, {"seed", c.seed},
       {"deterministic", c.deterministic}, {"threads", c.threads}, {"log_every", c.log_every},
       {"eval_every", c.eval_every}, {"eval_batches", c.eval_batches}, {"sample_every", c.sample_every},
-      {"sample_tokens", c.sample_tokens}, {"prompt", c.prompt}, {"checkpoint_every", c.checkpoint_every},
+      {"sample_tokens", c.sample_tokens}, {"samples", c.samples}, {"prompt", c.prompt}, {"checkpoint_every", c.checkpoint_every},
       {"keep", c.keep}, {"max_bad_steps", c.max_bad_steps}, {"peak_tflops", c.peak_tflops},
       {"metrics", c.metrics}};
   return json.dump();

@@ -48,6 +48,7 @@ struct TrainConfig {
   int64_t eval_batches = 8;
   int64_t sample_every = 0;
   int64_t sample_tokens = 48;
+  int64_t samples = 1;  // samples printed each time
   std::string prompt;
   int64_t checkpoint_every = 0;
   int64_t keep = 3;

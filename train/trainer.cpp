@@ -211,10 +211,13 @@ void Trainer::print_sample(int64_t step) {
   if (!tokenizer_) return;
   std::vector<uint32_t> prompt = {tokenizer_->bos_id()};
   for (uint32_t id : tokenizer_->encode(config_.prompt)) prompt.push_back(id);
-  SamplingConfig sampling{0.8, 40, 0.95, config_.seed + uint64_t(step)};
-  std::vector<uint32_t> tokens = generate(*model_, prompt, config_.sample_tokens, config_.seq_len, sampling);
-  std::vector<uint32_t> text(tokens.begin() + 1, tokens.end());
-  std::printf("--- sample at step %ld ---\n%s\n---\n", long(step), tokenizer_->decode(text).c_str());
+  for (int64_t i = 0; i < config_.samples; ++i) {
+    SamplingConfig sampling{0.8, 40, 0.95, config_.seed + uint64_t(step) * 1000 + uint64_t(i)};
+    std::vector<uint32_t> tokens = generate(*model_, prompt, config_.sample_tokens, config_.seq_len, sampling);
+    std::vector<uint32_t> text(tokens.begin() + 1, tokens.end());
+    std::printf("--- sample %ld at step %ld ---\n%s\n", long(i + 1), long(step), tokenizer_->decode(text).c_str());
+  }
+  std::fflush(stdout);
 }
 
 std::string Trainer::save(int64_t step) {

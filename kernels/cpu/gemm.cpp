@@ -47,20 +47,53 @@ void pack_b(bool trans_b, const T* B, int64_t ldb, int64_t k0, int64_t j0, int64
   }
 }
 
-// acc (rows, cols) += a_panel (rows, depth) * b_panel (depth, cols), as rank-1 row updates whose
-// innermost loop runs over contiguous columns and vectorizes.
+// acc (rows, cols) += a_panel (rows, depth) * b_panel (depth, cols).
+//
+// The register tile: a block of kMicroRows x kMicroCols accumulators lives in registers (with AVX2,
+// 4 rows x 2 vectors of 8 floats) while k runs over the whole depth, so each step loads one row of
+// B and kMicroRows scalars of A for kMicroRows * kMicroCols multiply-adds. Edges fall back to the
+// same loop with runtime bounds.
+constexpr int64_t kMicroRows = 4;
+constexpr int64_t kMicroCols = 16;
+
+template <typename T>
+void micro_tile(const T* __restrict a_panel, const T* __restrict b_panel, T* __restrict acc, int64_t i,
+                int64_t j, int64_t cols, int64_t depth) {
+  T c[kMicroRows][kMicroCols];
+  for (int64_t r = 0; r < kMicroRows; ++r)
+    for (int64_t jj = 0; jj < kMicroCols; ++jj) c[r][jj] = acc[(i + r) * cols + j + jj];
+  for (int64_t k = 0; k < depth; ++k) {
+    const T* __restrict b_row = b_panel + k * cols + j;
+    for (int64_t r = 0; r < kMicroRows; ++r) {
+      const T a = a_panel[(i + r) * depth + k];
+#pragma omp simd
+      for (int64_t jj = 0; jj < kMicroCols; ++jj) c[r][jj] += a * b_row[jj];
+    }
+  }
+  for (int64_t r = 0; r < kMicroRows; ++r)
+    for (int64_t jj = 0; jj < kMicroCols; ++jj) acc[(i + r) * cols + j + jj] = c[r][jj];
+}
+
 template <typename T>
 void multiply_panels(const T* __restrict a_panel, const T* __restrict b_panel, T* __restrict acc,
                      int64_t rows, int64_t cols, int64_t depth) {
-  for (int64_t i = 0; i < rows; ++i) {
-    T* __restrict acc_row = acc + i * cols;
-    for (int64_t k = 0; k < depth; ++k) {
-      const T a = a_panel[i * depth + k];
-      const T* __restrict b_row = b_panel + k * cols;
-#pragma omp simd
-      for (int64_t j = 0; j < cols; ++j) acc_row[j] += a * b_row[j];
+  const int64_t full_rows = rows / kMicroRows * kMicroRows, full_cols = cols / kMicroCols * kMicroCols;
+  for (int64_t i = 0; i < full_rows; i += kMicroRows)
+    for (int64_t j = 0; j < full_cols; j += kMicroCols) micro_tile(a_panel, b_panel, acc, i, j, cols, depth);
+  // Edges: the rows below the last full block (all columns), and the columns right of the last
+  // full block (in the full rows).
+  auto edge = [&](int64_t i_begin, int64_t i_end, int64_t j_begin) {
+    for (int64_t i = i_begin; i < i_end; ++i) {
+      T* __restrict acc_row = acc + i * cols;
+      for (int64_t k = 0; k < depth; ++k) {
+        const T a = a_panel[i * depth + k];
+        const T* __restrict b_row = b_panel + k * cols;
+        for (int64_t j = j_begin; j < cols; ++j) acc_row[j] += a * b_row[j];
+      }
     }
-  }
+  };
+  if (full_cols < cols) edge(0, full_rows, full_cols);
+  edge(full_rows, rows, 0);
 }
 
 template <typename T>
