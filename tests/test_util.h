@@ -56,4 +56,15 @@ inline ::testing::AssertionResult all_close(const Tensor& actual, const std::vec
   return all_close(actual.to_doubles(), expected, rtol, atol);
 }
 
+// The message of the braid::Error that `action` raises, or "" when it raises none.
+template <typename Action>
+std::string error_message(Action&& action) {
+  try {
+    action();
+  } catch (const Error& error) {
+    return error.what();
+  }
+  return "";
+}
+
 }  // namespace braid::testing

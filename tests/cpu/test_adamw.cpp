@@ -8,17 +8,8 @@ namespace braid {
 namespace {
 
 using testing::all_close;
+using testing::error_message;
 using testing::random_normal;
-
-template <typename Action>
-std::string error_message(Action&& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  return "";
-}
 
 struct Hyper {
   double lr = 3e-2, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;

@@ -13,17 +13,8 @@ namespace {
 using autograd::leaf;
 using autograd::Var;
 using testing::all_close;
+using testing::error_message;
 using testing::random_normal;
-
-template <typename Action>
-std::string error_message(Action&& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  return "";
-}
 
 Tensor random_targets(int64_t rows, int64_t vocab, uint64_t seed, DType dtype) {
   std::vector<double> ids = testing::random_uniform({rows}, seed, 0.0, double(vocab)).to_doubles();

@@ -13,17 +13,8 @@ namespace {
 using autograd::leaf;
 using autograd::Var;
 using testing::all_close;
+using testing::error_message;
 using testing::random_normal;
-
-template <typename Action>
-std::string error_message(Action&& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  return "";
-}
 
 // Uniform random ids in [0, vocab), stored as `dtype`.
 Tensor random_ids(const Shape& shape, int64_t vocab, uint64_t seed, DType dtype) {

@@ -14,19 +14,10 @@ namespace {
 using autograd::leaf;
 using autograd::Var;
 using testing::all_close;
+using testing::error_message;
 using testing::random_normal;
 
 // The message of the braid::Error `action` raises ("" if it raises none).
-template <typename Action>
-std::string error_message(Action&& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  return "";
-}
-
 // Element (row, col) of op(M) for a row-major matrix M with row stride ld.
 double element(const std::vector<double>& m, int64_t ld, bool trans, int64_t row, int64_t col) {
   return trans ? m[size_t(col * ld + row)] : m[size_t(row * ld + col)];

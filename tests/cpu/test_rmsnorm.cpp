@@ -14,17 +14,8 @@ namespace {
 using autograd::leaf;
 using autograd::Var;
 using testing::all_close;
+using testing::error_message;
 using testing::random_normal;
-
-template <typename Action>
-std::string error_message(Action&& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  return "";
-}
 
 std::vector<double> naive_rmsnorm(const std::vector<double>& x, const std::vector<double>& weight,
                                   double eps) {
