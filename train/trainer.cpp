@@ -214,8 +214,19 @@ void Trainer::print_sample(int64_t step) {
   for (int64_t i = 0; i < config_.samples; ++i) {
     SamplingConfig sampling{0.8, 40, 0.95, config_.seed + uint64_t(step) * 1000 + uint64_t(i)};
     std::vector<uint32_t> tokens = generate(*model_, prompt, config_.sample_tokens, config_.seq_len, sampling);
-    std::vector<uint32_t> text(tokens.begin() + 1, tokens.end());
-    std::printf("--- sample %ld at step %ld ---\n%s\n", long(i + 1), long(step), tokenizer_->decode(text).c_str());
+    // Document boundaries (BOS/EOS) read better as line breaks than as their marker strings.
+    std::string text;
+    std::vector<uint32_t> piece;
+    for (size_t t = 1; t <= tokens.size(); ++t) {
+      const bool boundary = t == tokens.size() || tokens[t] == tokenizer_->bos_id() || tokens[t] == tokenizer_->eos_id();
+      if (!boundary) {
+        piece.push_back(tokens[t]);
+      } else if (!piece.empty()) {
+        text += (text.empty() ? "" : "\n  ") + tokenizer_->decode(piece);
+        piece.clear();
+      }
+    }
+    std::printf("--- sample %ld at step %ld ---\n  %s\n", long(i + 1), long(step), text.c_str());
   }
   std::fflush(stdout);
 }
