@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
-STEPS=${STEPS:-400}
+STEPS=${STEPS:-300}
 
 if [ -d data/text ] && [ -f data/gpt2/encoder.json ] && [ -f data/gpt2/vocab.bpe ]; then
   inputs=data/text

@@ -1,5 +1,8 @@
-// Whole-model gradient checks: a micro model of every family, every intra-hybrid axis option and
-// MoE, in double precision on the CPU, against central finite differences of the loss.
+// The model graph as a whole: gradient checks of a micro model of every family, every intra-hybrid
+// axis option and MoE (double precision, against central differences of the loss), parameter counts
+// of every preset against the cost formula, and initialization.
+#include <cmath>
+
 #include "autograd/gradcheck.h"
 #include "autograd/tape.h"
 #include "layers/cost_model.h"
@@ -151,6 +154,56 @@ TEST(ModelPresets, CountedParametersEqualTheFormula) {
     }
   }
   EXPECT_EQ(checked, 110);
+}
+
+}  // namespace
+}  // namespace braid
+
+namespace braid {
+namespace {
+
+// Initialization per MODEL.md section 3 and the documented matrix std: A in [0.01, 2], dt in
+// [1e-3, 0.1], D = 1, norms 1; matrices N(0, 0.02), output projections N(0, 0.02 / sqrt(2 L)); the
+// same seed gives the same model.
+TEST(ModelInit, FollowsTheSpecification) {
+  ModelConfig config = load_model_config("configs/models/tiny/intra-1to5.json");
+  HybridLM model(config, {Device::cpu(), DType::f32}), again(config, {Device::cpu(), DType::f32});
+  Generator g1(11), g2(11);
+  model.initialize(g1);
+  again.initialize(g2);
+  auto stddev = [](const std::vector<double>& v) {
+    double sum = 0, squares = 0;
+    for (double x : v) sum += x, squares += x * x;
+    const double mean = sum / double(v.size());
+    return std::sqrt(squares / double(v.size()) - mean * mean);
+  };
+  const double output_std = 0.02 / std::sqrt(2.0 * double(config.n_layers()));
+  std::vector<Parameter> a = model.named_parameters(), b = again.named_parameters();
+  for (size_t i = 0; i < a.size(); ++i) {
+    const std::string& name = a[i].name;
+    const std::vector<double> values = a[i].variable->value.to_doubles();
+    EXPECT_EQ(values, b[i].variable->value.to_doubles()) << name;
+    auto ends_with = [&](const std::string& suffix) {
+      return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    if (ends_with("A_log")) {
+      for (double v : values) EXPECT_TRUE(std::exp(v) >= 0.01 - 1e-6 && std::exp(v) <= 2.0 + 1e-6) << name;
+    } else if (ends_with("dt_bias")) {
+      for (double v : values) {
+        const double dt = std::log1p(std::exp(v));
+        EXPECT_TRUE(dt >= 1e-3 * (1 - 1e-5) && dt <= 0.1 * (1 + 1e-5)) << name << " dt " << dt;
+      }
+    } else if (ends_with(".D") || ends_with("norm.weight") || ends_with("norm_attn.weight") ||
+               ends_with("norm_ssm.weight")) {
+      for (double v : values) EXPECT_EQ(v, 1.0) << name;
+    } else if (values.size() >= 4096 && (ends_with("o_proj.weight") || ends_with("out_proj.weight") ||
+                                         ends_with("down_proj.weight") || ends_with("out_ssm.weight") ||
+                                         ends_with("out_attn.weight"))) {
+      EXPECT_NEAR(stddev(values), output_std, 0.1 * output_std) << name;
+    } else if (values.size() >= 4096 && ends_with("proj.weight")) {
+      EXPECT_NEAR(stddev(values), 0.02, 0.002) << name;
+    }
+  }
 }
 
 }  // namespace
