@@ -60,6 +60,8 @@ ifeq ($(CUDA),1)
 endif
 
 .PHONY: all test clean data run
+# Keep the objects of program entry points (make would delete them as intermediates).
+.SECONDARY:
 all: $(TARGETS)
 
 $(LIBBRAID): $(ENGINE_OBJ)

@@ -5,6 +5,11 @@
 #include "layers/ops/checks.h"
 #include "layers/ops/dispatch.h"
 
+#ifdef BRAID_CUDA
+#include "kernels/cuda/gemm.h"
+#include "runtime/device_copy.h"
+#endif
+
 namespace braid::ops {
 
 namespace {
@@ -19,6 +24,37 @@ bool wants_grad(const autograd::Node& node, size_t index) {
 // Number of rows of `x` seen as a matrix (..., last): the product of its leading sizes.
 int64_t leading_rows(const Tensor& x) {
   return shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
+}
+
+#ifdef BRAID_CUDA
+// c = op(a) op(b) on a's CUDA device through cuBLASLt, in a's dtype (f32 or bf16), on the default
+// stream. Sizes and leading dimensions as in kernels/cuda/gemm.h.
+void cuda_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const Tensor& a,
+                  int64_t lda, const Tensor& b, int64_t ldb, const Tensor& c, int64_t ldc) {
+  cuda_set_device(a.device().index);
+  kernels::cuda::gemm(trans_a, trans_b, M, N, K, 1.0f, a.raw_data(), lda, b.raw_data(), ldb, 0.0f,
+                      c.raw_data(), ldc, a.dtype());
+}
+
+// Gradients of bf16 values are kept in f32 (autograd::grad_dtype); the products ran in bf16.
+Tensor as_grad(const Tensor& gradient) {
+  return gradient.defined() && gradient.dtype() == DType::bf16 ? gradient.to(DType::f32) : gradient;
+}
+#endif
+
+// a and b (same dtype and device) have a backend: the CPU, or in CUDA builds a CUDA device with
+// f32 or bf16 values.
+void check_backend(const char* op, const Tensor& a, const Tensor& b) {
+#ifdef BRAID_CUDA
+  if (a.device().is_cuda()) {
+    BRAID_CHECK(a.dtype() == DType::f32 || a.dtype() == DType::bf16, op,
+                ": the CUDA backend computes in f32 or bf16, got ", a.describe(), " and ",
+                b.describe());
+    return;
+  }
+#endif
+  (void)b;
+  check_cpu(op, a);
 }
 
 // C = op(A) op(B) with A stored (M, K), or (K, M) when trans_a; B stored (K, N), or (N, K) when
@@ -36,8 +72,22 @@ class MatmulNode : public autograd::Node {
     const int64_t ld_a = a_.size(1), ld_b = b_.size(1);
     Tensor d_c = grad_outputs[0].to(a_.dtype()).contiguous();
     Tensor d_a, d_b;
-    if (wants_grad(*this, 0)) d_a = Tensor::empty(a_.shape(), a_.dtype());
-    if (wants_grad(*this, 1)) d_b = Tensor::empty(b_.shape(), b_.dtype());
+    if (wants_grad(*this, 0)) d_a = Tensor::empty(a_.shape(), a_.dtype(), a_.device());
+    if (wants_grad(*this, 1)) d_b = Tensor::empty(b_.shape(), b_.dtype(), b_.device());
+#ifdef BRAID_CUDA
+    if (a_.device().is_cuda()) {
+      // The same products as the CPU path below.
+      if (d_a.defined()) {
+        if (trans_a_) cuda_product(trans_b_, true, K, M, N, b_, ld_b, d_c, N, d_a, M);
+        else cuda_product(false, !trans_b_, M, K, N, d_c, N, b_, ld_b, d_a, K);
+      }
+      if (d_b.defined()) {
+        if (trans_b_) cuda_product(true, trans_a_, N, K, M, d_c, N, a_, ld_a, d_b, K);
+        else cuda_product(!trans_a_, false, K, N, M, a_, ld_a, d_c, N, d_b, N);
+      }
+      return {as_grad(d_a), as_grad(d_b)};
+    }
+#endif
     dispatch_cpu_float("matmul", a_.dtype(), [&]<typename T>() {
       const T* a = a_.data<T>();
       const T* b = b_.data<T>();
@@ -73,8 +123,18 @@ class LinearNode : public autograd::Node {
     const int64_t out = weight_.size(0), in = weight_.size(1), rows = leading_rows(x_);
     Tensor d_y = grad_outputs[0].to(x_.dtype()).contiguous();
     Tensor d_x, d_weight;
-    if (wants_grad(*this, 0)) d_x = Tensor::empty(x_.shape(), x_.dtype());
-    if (wants_grad(*this, 1)) d_weight = Tensor::empty(weight_.shape(), weight_.dtype());
+    if (wants_grad(*this, 0)) d_x = Tensor::empty(x_.shape(), x_.dtype(), x_.device());
+    if (wants_grad(*this, 1))
+      d_weight = Tensor::empty(weight_.shape(), weight_.dtype(), weight_.device());
+#ifdef BRAID_CUDA
+    if (x_.device().is_cuda()) {
+      // The same products as the CPU path below.
+      if (d_x.defined()) cuda_product(false, false, rows, in, out, d_y, out, weight_, in, d_x, in);
+      if (d_weight.defined())
+        cuda_product(true, false, out, in, rows, d_y, out, x_, in, d_weight, in);
+      return {as_grad(d_x), as_grad(d_weight)};
+    }
+#endif
     dispatch_cpu_float("linear", x_.dtype(), [&]<typename T>() {
       if (d_x.defined())
         gemm<T>(false, false, rows, in, out, T(1), d_y.data<T>(), out, weight_.data<T>(), in, T(0),
@@ -96,7 +156,7 @@ autograd::Var matmul(const autograd::Var& a, const autograd::Var& b, bool trans_
   check_dim("matmul", "a", a->value, 2);
   check_dim("matmul", "b", b->value, 2);
   check_same_type("matmul", "a", a->value, "b", b->value);
-  check_cpu("matmul", a->value);
+  check_backend("matmul", a->value, b->value);
   Tensor a_value = a->value.contiguous(), b_value = b->value.contiguous();
   const int64_t M = trans_a ? a_value.size(1) : a_value.size(0);
   const int64_t K = trans_a ? a_value.size(0) : a_value.size(1);
@@ -105,7 +165,14 @@ autograd::Var matmul(const autograd::Var& a, const autograd::Var& b, bool trans_
   BRAID_CHECK(K == K_b, "matmul: a has shape ", shape_str(a_value.shape()),
               trans_a ? " (transposed)" : "", " but b has shape ", shape_str(b_value.shape()),
               trans_b ? " (transposed)" : "", ": inner sizes ", K, " and ", K_b, " differ");
-  Tensor c = Tensor::empty({M, N}, a_value.dtype());
+  Tensor c = Tensor::empty({M, N}, a_value.dtype(), a_value.device());
+#ifdef BRAID_CUDA
+  if (a_value.device().is_cuda()) {
+    cuda_product(trans_a, trans_b, M, N, K, a_value, a_value.size(1), b_value, b_value.size(1), c, N);
+    return autograd::record(std::make_shared<MatmulNode>(a_value, b_value, trans_a, trans_b),
+                            {a, b}, c);
+  }
+#endif
   dispatch_cpu_float("matmul", a_value.dtype(), [&]<typename T>() {
     gemm<T>(trans_a, trans_b, M, N, K, T(1), a_value.data<T>(), a_value.size(1), b_value.data<T>(),
             b_value.size(1), T(0), c.data<T>(), N);
@@ -124,12 +191,18 @@ autograd::Var linear(const autograd::Var& x, const autograd::Var& weight) {
               shape_str(weight->value.shape()), ": inner sizes ", x->value.size(-1), " and ",
               weight->value.size(1), " differ");
   check_same_type("linear", "x", x->value, "weight", weight->value);
-  check_cpu("linear", x->value);
+  check_backend("linear", x->value, weight->value);
   Tensor x_value = x->value.contiguous(), w_value = weight->value.contiguous();
   const int64_t out = w_value.size(0), in = w_value.size(1), rows = leading_rows(x_value);
   Shape y_shape = x_value.shape();
   y_shape.back() = out;
-  Tensor y = Tensor::empty(y_shape, x_value.dtype());
+  Tensor y = Tensor::empty(y_shape, x_value.dtype(), x_value.device());
+#ifdef BRAID_CUDA
+  if (x_value.device().is_cuda()) {
+    cuda_product(false, true, rows, out, in, x_value, in, w_value, in, y, out);
+    return autograd::record(std::make_shared<LinearNode>(x_value, w_value), {x, weight}, y);
+  }
+#endif
   dispatch_cpu_float("linear", x_value.dtype(), [&]<typename T>() {
     gemm<T>(false, true, rows, out, in, T(1), x_value.data<T>(), in, w_value.data<T>(), in, T(0),
             y.data<T>(), out);
