@@ -23,7 +23,7 @@ NVCCFLAGS := -std=c++20 -O3 -I. -MMD -MP --expt-relaxed-constexpr -lineinfo \
 # Program entry points: train/main.cpp -> build/train, infer/main.cpp -> build/infer,
 # tools/NAME_main.cpp -> build/NAME. Everything else is the engine library.
 MAIN_SRC   := $(wildcard train/main.cpp infer/main.cpp tools/*_main.cpp)
-ENGINE_SRC := $(filter-out $(MAIN_SRC),$(wildcard runtime/*.cpp autograd/*.cpp kernels/cpu/*.cpp \
+ENGINE_SRC := $(filter-out $(MAIN_SRC),$(wildcard runtime/*.cpp autograd/*.cpp kernels/cpu/*.cpp kernels/cuda/*.cpp \
                 layers/*.cpp layers/ops/*.cpp train/*.cpp infer/*.cpp tools/*.cpp))
 CUDA_ONLY  := $(filter %_cuda.cpp,$(ENGINE_SRC))
 ENGINE_SRC := $(filter-out $(CUDA_ONLY),$(ENGINE_SRC))
