@@ -56,15 +56,29 @@ inline ::testing::AssertionResult all_close(const Tensor& actual, const std::vec
   return all_close(actual.to_doubles(), expected, rtol, atol);
 }
 
-// The message of the braid::Error that `action` raises, or "" when it raises none.
+// The message of the braid::Error that `action` raises, checked to be one line; a failure when it
+// raises none.
 template <typename Action>
-std::string error_message(Action&& action) {
+std::string error_of(Action&& action) {
   try {
     action();
   } catch (const Error& error) {
-    return error.what();
+    EXPECT_EQ(std::string(error.what()).find('\n'), std::string::npos) << "not one line: " << error.what();
+    return error.message();
   }
+  ADD_FAILURE() << "expected braid::Error";
   return "";
+}
+
+// Ids below `bound` from a fixed LCG: deterministic, distinct-looking, never all zeros.
+inline std::vector<uint32_t> sample_ids(size_t count, uint64_t bound, uint64_t seed) {
+  std::vector<uint32_t> ids(count);
+  uint64_t state = seed * 2654435761u + 1;
+  for (uint32_t& id : ids) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    id = uint32_t((state >> 33) % bound);
+  }
+  return ids;
 }
 
 }  // namespace braid::testing

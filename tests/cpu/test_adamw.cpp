@@ -8,7 +8,7 @@ namespace braid {
 namespace {
 
 using testing::all_close;
-using testing::error_message;
+using testing::error_of;
 using testing::random_normal;
 
 struct Hyper {
@@ -66,10 +66,10 @@ TEST(Adamw, RejectsStepZeroAndBadBetas) {
                                     1e-8, 0.1, step);
   };
   EXPECT_PRED_FORMAT2(::testing::IsSubstring, "adamw_step: step counts from 1, got 0",
-                      error_message([&] { step_with(0.95, 0); }));
+                      error_of([&] { step_with(0.95, 0); }));
   EXPECT_PRED_FORMAT2(::testing::IsSubstring,
                       "betas must lie in [0, 1), got beta1 = 0.9, beta2 = 1",
-                      error_message([&] { step_with(1.0, 1); }));
+                      error_of([&] { step_with(1.0, 1); }));
 }
 
 }  // namespace

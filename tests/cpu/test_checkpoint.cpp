@@ -17,6 +17,8 @@
 namespace braid {
 namespace {
 
+using testing::error_of;
+
 namespace fs = std::filesystem;
 
 class ScratchDir {
@@ -92,20 +94,6 @@ void expect_same_contents(const CheckpointContents& got, const CheckpointContent
   expect_same_tensors(got.optimizer, expected.optimizer);
   EXPECT_EQ(got.config_json, expected.config_json);
   EXPECT_EQ(got.state_json, expected.state_json);
-}
-
-// The message of the braid::Error that `action` raises, checked to be one line.
-template <typename Action>
-std::string error_of(Action action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    std::string message = error.what();
-    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
-    return message;
-  }
-  ADD_FAILURE() << "no error raised";
-  return "";
 }
 
 bool mentions(const std::string& message, const std::string& part) {

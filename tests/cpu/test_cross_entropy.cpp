@@ -13,7 +13,7 @@ namespace {
 using autograd::leaf;
 using autograd::Var;
 using testing::all_close;
-using testing::error_message;
+using testing::error_of;
 using testing::random_normal;
 
 Tensor random_targets(int64_t rows, int64_t vocab, uint64_t seed, DType dtype) {
@@ -90,19 +90,19 @@ TEST(CrossEntropy, GradientIsSoftmaxMinusOneHotOverRows) {
 TEST(CrossEntropy, BadTargetsNameTheValueAndShapes) {
   Var logits = leaf(random_normal({3, 5}, 1900, DType::f32));
   for (double bad : {5.0, -2.0}) {
-    std::string message = error_message([&] {
+    std::string message = error_of([&] {
       ops::cross_entropy(logits, leaf(Tensor::from_values({0, bad, 4}, {3}, DType::i64)));
     });
     EXPECT_PRED_FORMAT2(::testing::IsSubstring,
                         str("target ", int64_t(bad), " at row 1 is out of range for V = 5"),
                         message);
   }
-  std::string message = error_message([&] {
+  std::string message = error_of([&] {
     ops::cross_entropy(logits, leaf(Tensor::from_values({0, 1}, {2}, DType::i32)));
   });
   EXPECT_PRED_FORMAT2(::testing::IsSubstring,
                       "cross_entropy: logits has shape [3, 5] but targets is i32[2]", message);
-  message = error_message(
+  message = error_of(
       [&] { ops::cross_entropy(logits, leaf(random_normal({3}, 1901, DType::f32))); });
   EXPECT_PRED_FORMAT2(::testing::IsSubstring, "but targets is f32[3]", message);
 }

@@ -12,33 +12,18 @@
 #include "runtime/error.h"
 #include "runtime/token_shard.h"
 #include "train/data_loader.h"
+#include "tests/test_util.h"
 
 namespace braid {
 namespace {
+
+using testing::error_of;
+using testing::sample_ids;
 
 namespace fs = std::filesystem;
 
 constexpr int64_t kVocab = 5000;
 constexpr int64_t kT = 8;
-
-std::vector<uint32_t> sample_ids(size_t count, uint64_t bound, uint64_t seed) {
-  std::vector<uint32_t> ids(count);
-  uint64_t state = seed * 2654435761u + 7;
-  for (uint32_t& id : ids) {
-    state = state * 6364136223846793005ull + 1442695040888963407ull;
-    id = uint32_t((state >> 33) % bound);
-  }
-  return ids;
-}
-
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    return error.message();
-  }
-  return "no error";
-}
 
 using Row = std::vector<uint32_t>;  // T+1 tokens: the inputs, then the last target
 

@@ -14,7 +14,7 @@ namespace {
 using autograd::leaf;
 using autograd::Var;
 using testing::all_close;
-using testing::error_message;
+using testing::error_of;
 using testing::random_normal;
 
 const Shape kShapes[] = {Shape{3, 7}, Shape{2, 5, 33}};
@@ -123,19 +123,19 @@ TEST(Elementwise, BadInputsNameBothShapes) {
   Var a = leaf(random_normal({2, 3}, 1, DType::f32)),
       b = leaf(random_normal({3, 2}, 2, DType::f32));
   for (const BinaryCase& c : kBinary) {
-    std::string message = error_message([&] { c.op(a, b); });
+    std::string message = error_of([&] { c.op(a, b); });
     EXPECT_PRED_FORMAT2(::testing::IsSubstring,
                         str(c.name, ": a has shape [2, 3] but b has shape [3, 2]"), message);
   }
-  std::string message = error_message([&] {
+  std::string message = error_of([&] {
     ops::add(a, leaf(random_normal({2, 3}, 3, DType::f64)));
   });
   EXPECT_PRED_FORMAT2(::testing::IsSubstring, "add: a is f32 but b is f64", message);
   message =
-      error_message([&] { ops::mul_broadcast_last(a, leaf(random_normal({2}, 4, DType::f32))); });
+      error_of([&] { ops::mul_broadcast_last(a, leaf(random_normal({2}, 4, DType::f32))); });
   EXPECT_PRED_FORMAT2(::testing::IsSubstring,
                       "mul_broadcast_last: x has shape [2, 3] but v has shape [2]", message);
-  message = error_message([&] { ops::mean(leaf(Tensor::zeros({0, 3}, DType::f32))); });
+  message = error_of([&] { ops::mean(leaf(Tensor::zeros({0, 3}, DType::f32))); });
   EXPECT_PRED_FORMAT2(::testing::IsSubstring, "mean: a has shape [0, 3]", message);
 }
 

@@ -13,7 +13,7 @@ namespace {
 using autograd::leaf;
 using autograd::Var;
 using testing::all_close;
-using testing::error_message;
+using testing::error_of;
 using testing::random_normal;
 
 // Uniform random ids in [0, vocab), stored as `dtype`.
@@ -81,7 +81,7 @@ TEST(Embedding, OutOfRangeIdNamesIdPositionAndVocab) {
   Var table = leaf(random_normal({11, 4}, 531, DType::f32));
   for (double bad : {11.0, -1.0}) {
     Tensor ids = Tensor::from_values({0, 3, 10, 2, 5, bad}, {2, 3}, DType::i32);
-    std::string message = error_message([&] { ops::embedding(table, leaf(ids)); });
+    std::string message = error_of([&] { ops::embedding(table, leaf(ids)); });
     EXPECT_PRED_FORMAT2(::testing::IsSubstring,
                         str("token id ", int64_t(bad), " at position [1, 2]"), message);
     EXPECT_PRED_FORMAT2(::testing::IsSubstring, "V = 11", message);
@@ -91,11 +91,11 @@ TEST(Embedding, OutOfRangeIdNamesIdPositionAndVocab) {
 TEST(Embedding, RejectsFloatIdsAndNonMatrixTable) {
   Var table = leaf(random_normal({11, 4}, 541, DType::f32));
   std::string message =
-      error_message([&] { ops::embedding(table, leaf(random_normal({3}, 542, DType::f32))); });
+      error_of([&] { ops::embedding(table, leaf(random_normal({3}, 542, DType::f32))); });
   EXPECT_PRED_FORMAT2(::testing::IsSubstring,
                       "embedding: ids must be an integer tensor, got f32[3]", message);
   EXPECT_PRED_FORMAT2(::testing::IsSubstring, "[11, 4]", message);
-  message = error_message([&] {
+  message = error_of([&] {
     ops::embedding(leaf(random_normal({44}, 543, DType::f32)),
                    leaf(random_ids({3}, 4, 544, DType::i32)));
   });

@@ -14,7 +14,7 @@ namespace {
 using autograd::leaf;
 using autograd::Var;
 using testing::all_close;
-using testing::error_message;
+using testing::error_of;
 using testing::random_normal;
 
 // The message of the braid::Error `action` raises ("" if it raises none).
@@ -121,7 +121,7 @@ TEST(GemmKernel, EmptyInnerDimensionScalesC) {
 
 TEST(GemmKernel, RejectsShortLeadingDimension) {
   std::vector<float> a(12), b(12), c(9);
-  std::string message = error_message([&] {
+  std::string message = error_of([&] {
     kernels::cpu::gemm<float>(false, false, 3, 3, 4, 1.0f, a.data(), 3, b.data(), 3, 0.0f, c.data(),
                               3);
   });
@@ -175,11 +175,11 @@ TEST(Matmul, Gradcheck) {
 TEST(Matmul, InnerSizeMismatchNamesBothShapes) {
   Var a = leaf(random_normal({2, 3}, 1, DType::f32)),
       b = leaf(random_normal({4, 5}, 2, DType::f32));
-  std::string message = error_message([&] { ops::matmul(a, b); });
+  std::string message = error_of([&] { ops::matmul(a, b); });
   EXPECT_PRED_FORMAT2(::testing::IsSubstring,
                       "a has shape [2, 3] but b has shape [4, 5]: inner sizes 3 and 4 differ",
                       message);
-  message = error_message([&] { ops::matmul(a, leaf(random_normal({3}, 3, DType::f32))); });
+  message = error_of([&] { ops::matmul(a, leaf(random_normal({3}, 3, DType::f32))); });
   EXPECT_PRED_FORMAT2(::testing::IsSubstring, "matmul: b must have 2 dimensions, got shape [3]",
                       message);
 }
@@ -237,12 +237,12 @@ TEST(Linear, WeightGradientSumsOverLeadingDimsWithoutInputGradient) {
 TEST(Linear, InnerSizeMismatchNamesBothShapes) {
   Var x = leaf(random_normal({2, 5}, 1, DType::f32)),
       weight = leaf(random_normal({3, 4}, 2, DType::f32));
-  std::string message = error_message([&] { ops::linear(x, weight); });
+  std::string message = error_of([&] { ops::linear(x, weight); });
   EXPECT_PRED_FORMAT2(
       ::testing::IsSubstring,
       "linear: x has shape [2, 5] but weight has shape [3, 4]: inner sizes 5 and 4 differ",
       message);
-  message = error_message([&] { ops::linear(x, leaf(random_normal({3, 5}, 3, DType::f64))); });
+  message = error_of([&] { ops::linear(x, leaf(random_normal({3, 5}, 3, DType::f64))); });
   EXPECT_PRED_FORMAT2(::testing::IsSubstring, "linear: x is f32 but weight is f64", message);
 }
 

@@ -15,9 +15,12 @@
 
 #include "layers/model_config.h"
 #include "runtime/error.h"
+#include "tests/test_util.h"
 
 namespace braid {
 namespace {
+
+using testing::error_of;
 
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
@@ -58,18 +61,6 @@ std::vector<int> indices_of(const std::string& pattern, char kind) {
   for (size_t i = 0; i < pattern.size(); ++i)
     if (pattern[i] == kind) indices.push_back(int(i) + 1);
   return indices;
-}
-
-// The message of the braid::Error that `action` raises ("" and a test failure when none).
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    EXPECT_EQ(std::string(error.what()).find('\n'), std::string::npos) << "not one line: " << error.what();
-    return error.message();
-  }
-  ADD_FAILURE() << "expected braid::Error";
-  return "";
 }
 
 std::string parse_error_of(const Json& json) {

@@ -14,9 +14,12 @@
 #include "runtime/error.h"
 #include "runtime/token_shard.h"
 #include "tools/prepare_data.h"
+#include "tests/test_util.h"
 
 namespace braid {
 namespace {
+
+using testing::error_of;
 
 namespace fs = std::filesystem;
 
@@ -36,15 +39,6 @@ std::vector<uint32_t> framed(const std::string& text) {
   for (unsigned char byte : text) ids.push_back(byte);
   ids.push_back(kEos);
   return ids;
-}
-
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    return error.message();
-  }
-  return "no error";
 }
 
 // Documents back from a token stream of BOS text EOS runs.

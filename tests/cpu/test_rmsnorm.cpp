@@ -14,7 +14,7 @@ namespace {
 using autograd::leaf;
 using autograd::Var;
 using testing::all_close;
-using testing::error_message;
+using testing::error_of;
 using testing::random_normal;
 
 std::vector<double> naive_rmsnorm(const std::vector<double>& x, const std::vector<double>& weight,
@@ -95,12 +95,12 @@ TEST(AddRmsnorm, GradcheckThroughEitherOutputAndBoth) {
 TEST(Rmsnorm, BadArgumentsNameBothShapes) {
   Var x = leaf(random_normal({2, 5}, 1, DType::f32)),
       weight = leaf(random_normal({4}, 2, DType::f32));
-  std::string message = error_message([&] { ops::rmsnorm(x, weight); });
+  std::string message = error_of([&] { ops::rmsnorm(x, weight); });
   EXPECT_PRED_FORMAT2(::testing::IsSubstring,
                       "rmsnorm: x has shape [2, 5] but weight has shape [4]", message);
-  message = error_message([&] { ops::rmsnorm(x, leaf(random_normal({5}, 3, DType::f32)), 0.0); });
+  message = error_of([&] { ops::rmsnorm(x, leaf(random_normal({5}, 3, DType::f32)), 0.0); });
   EXPECT_PRED_FORMAT2(::testing::IsSubstring, "rmsnorm: eps must be positive, got 0", message);
-  message = error_message([&] {
+  message = error_of([&] {
     ops::add_rmsnorm(x, leaf(random_normal({5, 2}, 4, DType::f32)),
                      leaf(random_normal({5}, 5, DType::f32)));
   });

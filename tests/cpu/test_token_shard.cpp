@@ -9,9 +9,13 @@
 
 #include "runtime/error.h"
 #include "runtime/token_shard.h"
+#include "tests/test_util.h"
 
 namespace braid {
 namespace {
+
+using testing::error_of;
+using testing::sample_ids;
 
 namespace fs = std::filesystem;
 
@@ -29,17 +33,6 @@ class TokenShardTest : public ::testing::Test {
   fs::path dir_;
 };
 
-// Distinct-looking ids below `bound` from a fixed LCG (never all zeros).
-std::vector<uint32_t> sample_ids(size_t count, uint64_t bound, uint64_t seed) {
-  std::vector<uint32_t> ids(count);
-  uint64_t state = seed * 2654435761u + 1;
-  for (uint32_t& id : ids) {
-    state = state * 6364136223846793005ull + 1442695040888963407ull;
-    id = uint32_t((state >> 33) % bound);
-  }
-  return ids;
-}
-
 std::vector<char> file_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::vector<char>(std::istreambuf_iterator<char>(in), {});
@@ -55,15 +48,6 @@ void write_by_hand(const std::string& path, std::vector<int32_t> header_start, c
   out.write(reinterpret_cast<const char*>(header.data()), 1024);
   out.write(reinterpret_cast<const char*>(tokens.data()), std::streamsize(tokens.size() * sizeof(Token)));
   for (size_t i = 0; i < extra_bytes; ++i) out.put('x');
-}
-
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    return error.message();
-  }
-  return "no error";
 }
 
 TEST_F(TokenShardTest, RoundTripUint16) {

@@ -13,6 +13,8 @@
 namespace braid {
 namespace {
 
+using testing::error_of;
+
 using CudaGemm = testing::CudaTest;
 using CudaMatmul = testing::CudaTest;
 
@@ -112,12 +114,12 @@ TEST_F(CudaGemm, ZeroInnerSizeWritesZeros) {
 
 TEST_F(CudaGemm, RejectsShortLeadingDimensionsAndOtherDtypes) {
   Tensor buffer = Tensor::empty({64}, DType::f32, Device::cuda(0));
-  std::string message = testing::error_message([&] {
+  std::string message = testing::error_of([&] {
     kernels::cuda::gemm(false, false, 4, 5, 6, 1.0f, buffer.raw_data(), 5, buffer.raw_data(), 5,
                         0.0f, buffer.raw_data(), 5, DType::f32);
   });
   EXPECT_NE(message.find("lda=5"), std::string::npos) << message;
-  message = testing::error_message([&] {
+  message = testing::error_of([&] {
     kernels::cuda::gemm(false, false, 2, 2, 2, 1.0f, buffer.raw_data(), 2, buffer.raw_data(), 2,
                         0.0f, buffer.raw_data(), 2, DType::f64);
   });
@@ -214,7 +216,7 @@ TEST_F(CudaMatmul, LinearBf16GivesF32GradientsCloseToTheCpu) {
 TEST_F(CudaMatmul, RejectsF64OnTheDevice) {
   autograd::Var a = autograd::leaf(Tensor::zeros({2, 3}, DType::f64, Device::cuda(0)), false);
   autograd::Var b = autograd::leaf(Tensor::zeros({3, 4}, DType::f64, Device::cuda(0)), false);
-  std::string message = testing::error_message([&] { ops::matmul(a, b); });
+  std::string message = testing::error_of([&] { ops::matmul(a, b); });
   EXPECT_NE(message.find("f64[2, 3]"), std::string::npos) << message;
   EXPECT_NE(message.find("f64[3, 4]"), std::string::npos) << message;
 }
