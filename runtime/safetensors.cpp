@@ -16,6 +16,7 @@
 #include <set>
 
 #include "runtime/device_copy.h"
+#include "runtime/file_sync.h"
 
 namespace braid {
 
@@ -134,7 +135,6 @@ bool parse_checksum_text(const std::string& text, uint32_t& checksum) {
   return true;
 }
 
-std::string errno_text() { return std::strerror(errno); }
 
 [[noreturn]] void file_error(const std::string& path, const std::string& message) {
   BRAID_FAIL(path, ": ", message);
@@ -184,13 +184,6 @@ void read_all_at(int fd, void* data, size_t size, uint64_t offset, const std::st
     size -= size_t(got);
     offset += uint64_t(got);
   }
-}
-
-// Makes a rename inside `directory` durable.
-void fsync_directory(const std::string& directory) {
-  FileDescriptor fd(::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (fd.get() < 0) file_error(directory, "cannot open directory to sync it (" + errno_text() + ")");
-  if (::fsync(fd.get()) != 0) file_error(directory, "directory fsync failed (" + errno_text() + ")");
 }
 
 std::string parent_directory(const std::string& path) {
@@ -360,7 +353,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
     ::unlink(temporary.c_str());
     throw;
   }
-  fsync_directory(parent_directory(path));
+  fsync_path(parent_directory(path), /*directory=*/true);
 }
 
 bool SafetensorsFile::contains(const std::string& name) const { return tensors_.count(name) > 0; }

@@ -14,6 +14,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "runtime/file_sync.h"
+
 namespace braid {
 
 namespace {
@@ -30,7 +32,6 @@ constexpr std::array<const char*, 4> kCheckpointFiles = {kModelFile, kOptimizerF
 const std::string kConfigChecksumKey = "checksum.config.json";
 const std::string kStateChecksumKey = "checksum.state.json";
 
-std::string errno_text() { return std::strerror(errno); }
 
 // Digits only (no sign, no spaces), short enough for int64.
 std::optional<int64_t> parse_digits(const std::string& text) {
@@ -83,16 +84,6 @@ void check_json(const std::string& text, const std::string& what) {
   }
 }
 
-void fsync_path(const std::string& path, int flags) {
-  int fd = ::open(path.c_str(), flags | O_CLOEXEC);
-  if (fd < 0) BRAID_FAIL(path, ": cannot open to sync it (", errno_text(), ")");
-  int synced = ::fsync(fd);
-  int saved_errno = errno;
-  ::close(fd);
-  errno = saved_errno;
-  if (synced != 0) BRAID_FAIL(path, ": fsync failed (", errno_text(), ")");
-}
-
 void write_text_file_synced(const std::string& path, const std::string& text) {
   {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
@@ -101,7 +92,7 @@ void write_text_file_synced(const std::string& path, const std::string& text) {
     out.close();
     if (!out) BRAID_FAIL(path, ": write failed (", errno_text(), ")");
   }
-  fsync_path(path, O_RDONLY);
+  fsync_path(path);
 }
 
 std::string read_text_file(const std::string& path) {
@@ -191,9 +182,9 @@ std::string save_checkpoint(const std::string& root_dir, int64_t step, const Che
                      {{"format", "pt"}, {"step", std::to_string(step)}});
     write_text_file_synced((temporary / kConfigFile).string(), contents.config_json);
     write_text_file_synced((temporary / kStateFile).string(), contents.state_json);
-    fsync_path(temporary.string(), O_RDONLY | O_DIRECTORY);
+    fsync_path(temporary.string(), /*directory=*/true);
     move_into_place(temporary, final_dir);
-    fsync_path(root.string(), O_RDONLY | O_DIRECTORY);
+    fsync_path(root.string(), /*directory=*/true);
   } catch (...) {
     fs::remove_all(temporary, error);
     throw;
