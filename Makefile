@@ -63,7 +63,7 @@ ifeq ($(CUDA),1)
   TARGETS += $(CUDA_TESTS)
 endif
 
-.PHONY: all test clean data run bench
+.PHONY: all test clean data run bench bench-train
 # Keep the objects of program entry points (make would delete them as intermediates).
 .SECONDARY:
 all: $(TARGETS)
@@ -118,11 +118,26 @@ test: all
 data:
 	@bash tools/fetch_data.sh
 
-# GPU benchmarks, each beside its PyTorch peer from the same run, into $(BUILD)/bench/.
-bench: $(BUILD)/bench_gemm
+# GPU benchmarks into $(BUILD)/bench/, one JSON object per line: each kernel beside its PyTorch
+# peer from the same run where one exists (GEMM, attention), memory-bound kernels against the
+# card's measured copy bandwidth (bench_norms prints it first), then whole training steps.
+BENCH_KERNELS := gemm attention ssd norms conv loss
+BENCH_PRESETS := $(foreach s,100m 1b,$(foreach f,llama mamba inter-1to5 intra-1to5,configs/models/$(s)/$(f).json))
+bench: $(BENCH_KERNELS:%=$(BUILD)/bench_%) bench-train
 	@mkdir -p $(BUILD)/bench
 	$(BUILD)/bench_gemm | tee $(BUILD)/bench/gemm.jsonl
 	python3 tools/bench_gemm_torch.py | tee $(BUILD)/bench/gemm_torch.jsonl
+	$(BUILD)/bench_attention | tee $(BUILD)/bench/attention.jsonl
+	python3 tools/bench_attention_torch.py | tee $(BUILD)/bench/attention_torch.jsonl
+	$(BUILD)/bench_ssd | tee $(BUILD)/bench/ssd.jsonl
+	$(BUILD)/bench_norms | tee $(BUILD)/bench/norms.jsonl
+	$(BUILD)/bench_conv | tee $(BUILD)/bench/conv.jsonl
+	$(BUILD)/bench_loss | tee $(BUILD)/bench/loss.jsonl
+
+# Training tokens/s, MFU and peak memory at context 8192 (MODEL.md section 7's FLOP count).
+bench-train: $(BUILD)/bench_train
+	@mkdir -p $(BUILD)/bench
+	$(BUILD)/bench_train --seq 8192 $(BENCH_PRESETS) | tee $(BUILD)/bench/train.jsonl
 
 # Fetch, build, prepare shards, train the tiny intra-hybrid preset for a few minutes, print samples.
 # Builds only the two programs it runs, so a fresh 2-core machine finishes in under 10 minutes.

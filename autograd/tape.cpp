@@ -1,6 +1,7 @@
 #include "autograd/tape.h"
 
 #include <unordered_map>
+#include <unordered_set>
 
 namespace braid::autograd {
 
@@ -67,8 +68,25 @@ void backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds) {
     BRAID_CHECK(roots[i]->requires_grad, "backward from a value that does not require grad");
     accumulate_grad(*roots[i], seeds[i]);
   }
-  std::vector<std::shared_ptr<Node>> nodes = std::move(current_tape().nodes);
+  // Only the nodes the roots depend on run (and leave the tape); a graph built beside them, e.g.
+  // the same op on another device, stays recorded for its own backward. The tape is in execution
+  // order, so one reverse sweep finds them.
+  std::vector<std::shared_ptr<Node>> recorded = std::move(current_tape().nodes);
   current_tape().nodes.clear();
+  std::unordered_set<const Variable*> needed;
+  for (const Var& root : roots) needed.insert(root.get());
+  std::vector<bool> reached(recorded.size(), false);
+  for (size_t i = recorded.size(); i-- > 0;) {
+    for (const auto& weak : recorded[i]->outputs) {
+      const Var output = weak.lock();
+      reached[i] = reached[i] || (output && needed.count(output.get()));
+    }
+    if (reached[i])
+      for (const Var& input : recorded[i]->inputs) needed.insert(input.get());
+  }
+  std::vector<std::shared_ptr<Node>> nodes;
+  for (size_t i = 0; i < recorded.size(); ++i)
+    (reached[i] ? nodes : current_tape().nodes).push_back(std::move(recorded[i]));
   // Intermediate variables holding a gradient their producer has not consumed yet. A node keeps its
   // inputs alive only until it has run, so these are held here in between.
   std::unordered_map<Variable*, Var> awaiting;

@@ -65,8 +65,9 @@ std::vector<Var> record(std::shared_ptr<Node> node, const std::vector<Var>& inpu
                         const std::vector<Tensor>& outputs, bool always = false);
 Var record(std::shared_ptr<Node> node, const std::vector<Var>& inputs, const Tensor& output);
 
-// Backpropagates from `loss` (a one-element tensor, seeded with 1) through the current tape, then
-// clears it.
+// Backpropagates from `loss` (a one-element tensor, seeded with 1) through the nodes of the current
+// tape it depends on, and removes those nodes. Nodes it does not depend on stay recorded (another
+// graph built beside it); a training step that may leave such nodes calls clear_tape() after.
 void backward(const Var& loss);
 // Backpropagates from several roots with the given seed gradients (same shapes as the roots).
 void backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds);

@@ -1,5 +1,11 @@
 #include "autograd/variable.h"
 
+#ifdef BRAID_CUDA
+#include "kernels/cuda/elementwise.h"
+#include "runtime/cuda_stream.h"
+#include "runtime/device_copy.h"
+#endif
+
 namespace braid::autograd {
 
 Var leaf(Tensor value, bool requires_grad, std::string name) {
@@ -39,9 +45,18 @@ void accumulate_grad(Variable& variable, const Tensor& delta, bool adopt) {
     variable.grad.copy_from(delta);
     return;
   }
-  BRAID_CHECK(variable.grad.device().is_cpu(), "gradient accumulation on ",
-              variable.grad.device().to_string(), " arrives with the CUDA backend");
+  BRAID_CHECK(delta.device() == variable.grad.device(), "gradient on ", delta.device().to_string(),
+              " for a gradient held on ", variable.grad.device().to_string());
   const Tensor addend = delta.to(dtype).contiguous();
+#ifdef BRAID_CUDA
+  if (variable.grad.device().is_cuda()) {
+    cuda_set_device(variable.grad.device().index);
+    kernels::cuda::binary(kernels::cuda::BinaryOp::add, variable.grad.raw_data(), dtype,
+                          addend.raw_data(), dtype, variable.grad.raw_data(), dtype,
+                          variable.grad.numel(), compute_stream());
+    return;
+  }
+#endif
   if (dtype == DType::f64) add_into<double>(variable.grad, addend);
   else add_into<float>(variable.grad, addend);
 }

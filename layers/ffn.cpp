@@ -29,7 +29,7 @@ MoE::MoE(int64_t d_model, const FfnConfig& config, const TensorOptions& options,
   for (int64_t e = 0; e < config.n_experts; ++e)
     experts_.push_back(add_module("experts." + std::to_string(e),
                                   std::make_unique<SwiGLU>(d_model, expert_width, options, init_std, output_std)));
-  routing_bias_ = Tensor::zeros({config.n_experts}, DType::f32);
+  routing_bias_ = Tensor::zeros({config.n_experts}, DType::f32, options.device);
   load_ = Tensor::zeros({config.n_experts}, DType::i64);
 }
 

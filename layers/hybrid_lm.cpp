@@ -7,7 +7,8 @@
 
 namespace braid {
 
-HybridLM::HybridLM(const ModelConfig& config, const TensorOptions& options) : config_(config) {
+HybridLM::HybridLM(const ModelConfig& config, const TensorOptions& options)
+    : config_(config), activation_dtype_(options.dtype) {
   validate(config);
   embed_ = add_module("embed", std::make_unique<Embedding>(config.vocab_size, config.d_model, options,
                                                            config.init_std));
@@ -20,7 +21,7 @@ HybridLM::HybridLM(const ModelConfig& config, const TensorOptions& options) : co
 autograd::Var HybridLM::hidden(const autograd::Var& ids) const {
   BRAID_CHECK(ids->value.dim() == 2, "model input ids must be (batch, time), got shape ",
               shape_str(ids->value.shape()));
-  autograd::Var x = embed_->forward(ids);
+  autograd::Var x = ops::cast(embed_->forward(ids), activation_dtype_);
   for (const Block* block : blocks_) {
     if (recompute_) {
       x = autograd::recompute([block](const std::vector<autograd::Var>& in) {
@@ -38,8 +39,16 @@ autograd::Var HybridLM::logits(const autograd::Var& ids) const { return embed_->
 autograd::Var HybridLM::loss(const autograd::Var& ids, const autograd::Var& targets) const {
   BRAID_CHECK(targets->value.shape() == ids->value.shape(), "targets have shape ",
               shape_str(targets->value.shape()), " but ids have shape ", shape_str(ids->value.shape()));
-  autograd::Var flat_logits = ops::reshape(logits(ids), {-1, config_.vocab_size});
-  return ops::cross_entropy(flat_logits, ops::reshape(targets, {-1}));
+  // The tied head and the loss in one op: the logits of every position never exist at once.
+  return ops::lm_head_cross_entropy(hidden(ids), embed_->weight(), targets);
+}
+
+void HybridLM::set_activation_dtype(DType dtype) {
+  BRAID_CHECK(dtype == DType::f32 || dtype == DType::f64 || dtype == DType::bf16,
+              "activations are f32, f64 or bf16, not ", dtype_name(dtype));
+  BRAID_CHECK(dtype != DType::bf16 || device().is_cuda(),
+              "bf16 activations need a CUDA device; the CPU backend computes in fp32");
+  activation_dtype_ = dtype;
 }
 
 void HybridLM::update_routing_biases() {

@@ -21,6 +21,13 @@ class HybridLM : public Module {
   // Mean next-token cross-entropy of `ids` against `targets` (both (B, T)).
   autograd::Var loss(const autograd::Var& ids, const autograd::Var& targets) const;
 
+  // The dtype activations flow in (DESIGN.md "Precision"): the parameters' dtype by default, bf16
+  // for mixed precision on CUDA (the fp32 parameters are then the master weights).
+  void set_activation_dtype(DType dtype);
+  DType activation_dtype() const { return activation_dtype_; }
+  // Where the parameters (and so every activation) live.
+  Device device() const { return embed_->weight()->value.device(); }
+
   // Re-run each block's forward inside backward instead of keeping its activations.
   void set_recompute(bool enabled) { recompute_ = enabled; }
   // The MoE balancing step (MODEL.md section 5), once per optimizer step.
@@ -35,6 +42,7 @@ class HybridLM : public Module {
   Embedding* embed_;
   std::vector<Block*> blocks_;
   RMSNorm* final_norm_;
+  DType activation_dtype_;
   bool recompute_ = false;
 };
 

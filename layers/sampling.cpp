@@ -51,8 +51,8 @@ std::vector<uint32_t> generate(const HybridLM& model, std::vector<uint32_t> prom
     const size_t begin = prompt.size() > size_t(context) ? prompt.size() - size_t(context) : 0;
     std::vector<double> window(prompt.begin() + long(begin), prompt.end());
     Tensor ids = Tensor::from_values(window, {1, int64_t(window.size())}, DType::i32);
-    Tensor logits = model.logits(autograd::leaf(ids))->value;
-    Tensor last = logits.select(1, logits.size(1) - 1).reshape({vocab});
+    Tensor logits = model.logits(autograd::leaf(ids.to(model.device())))->value;
+    Tensor last = logits.select(1, logits.size(1) - 1).to(Device::cpu()).reshape({vocab});
     prompt.push_back(sample_token(last.to_doubles(), config, uint64_t(step)));
   }
   return prompt;

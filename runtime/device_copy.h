@@ -31,6 +31,7 @@ void host_fill(const StridedView& dst, const CopyShape& shape, double value);
 void cuda_copy(const StridedView& dst, const StridedView& src, const CopyShape& shape);
 void cuda_fill(const StridedView& dst, const CopyShape& shape, double value);
 void cuda_copy_bytes(void* dst, const void* src, size_t bytes);  // any direction, synchronous
+void cuda_fill_bytes(void* dst, int byte, size_t bytes);  // on the current device, synchronous
 void cuda_set_device(int index);
 #endif
 

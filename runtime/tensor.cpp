@@ -1,5 +1,6 @@
 #include "runtime/tensor.h"
 
+#include <atomic>
 #include <cstring>
 
 #include "runtime/device_copy.h"
@@ -28,9 +29,24 @@ Shape contiguous_strides(const Shape& shape) {
   return strides;
 }
 
+namespace {
+std::atomic<bool> poison_new_storage{false};
+}  // namespace
+
+void set_poison_new_storage(bool on) { poison_new_storage = on; }
+
 Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
   allocator_ = &allocator_for(device);
   data_ = allocator_->allocate(bytes);
+  if (!poison_new_storage || bytes == 0) return;
+  if (device.is_cpu()) {
+    std::memset(data_, 0xFF, bytes);
+    return;
+  }
+#ifdef BRAID_CUDA
+  cuda_set_device(device.index);
+  cuda_fill_bytes(data_, 0xFF, bytes);
+#endif
 }
 
 Storage::~Storage() { allocator_->deallocate(data_); }

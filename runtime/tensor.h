@@ -25,6 +25,11 @@ std::string shape_str(const Shape& shape);
 int64_t shape_numel(const Shape& shape);
 
 // Bytes from one allocator, freed when the last tensor using them goes away.
+//
+// With poisoning on (tests), every new storage is filled with 0xFF bytes, which read as NaN in f32
+// and bf16 and as -1 in integer dtypes, so an output element a kernel forgot to write shows up.
+void set_poison_new_storage(bool on);
+
 class Storage {
  public:
   Storage(size_t bytes, Device device);

@@ -76,6 +76,11 @@ void cuda_copy_bytes(void* dst, const void* src, size_t bytes) {
   CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
 }
 
+void cuda_fill_bytes(void* dst, int byte, size_t bytes) {
+  CUDA_CHECK(cudaMemset(dst, byte, bytes));
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
 void cuda_set_device(int index) { CUDA_CHECK(cudaSetDevice(index)); }
 
 }  // namespace braid

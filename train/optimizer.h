@@ -1,5 +1,10 @@
 // AdamW over a model's parameters (MODEL.md section 8): fp32 moments, decoupled weight decay on the
 // parameters marked for it (matrices), global-norm gradient clipping.
+//
+// All parameters live on one device. On the CPU each parameter is updated by kernels/cpu/adamw.h in
+// turn. On CUDA (f32 master weights, moments allocated beside them) the global gradient norm is one
+// multi-tensor launch (kernels/cuda/grad_norm.h) read back once, and the update of every parameter
+// is one multi-tensor launch (kernels/cuda/adamw.h) that also applies the clip factor.
 #pragma once
 
 #include <string>
@@ -21,7 +26,8 @@ class AdamW {
 
   // L2 norm of all gradients together (missing gradients count as zero); NaN or Inf if any is.
   double grad_norm() const;
-  // Scales every gradient by max_norm / norm when norm > max_norm.
+  // Scales every gradient by max_norm / norm when norm > max_norm. On CUDA the scaling is folded
+  // into the next step() (the gradient tensors are left as they are; zero_grad() drops it).
   void clip(double norm, double max_norm);
   // One update at learning rate `lr`; the step counter starts at 1.
   void step(double lr);
@@ -37,9 +43,15 @@ class AdamW {
     Parameter parameter;
     Tensor m, v;
   };
+  // The CUDA paths (defined in CUDA builds only).
+  double cuda_grad_norm() const;
+  void cuda_step(double lr);
+
   std::vector<Slot> slots_;
   AdamWConfig config_;
   int64_t steps_ = 0;
+  Device device_ = Device::cpu();  // of every parameter
+  double pending_clip_ = 1.0;      // CUDA: clip factor the next step applies
 };
 
 }  // namespace braid

@@ -28,7 +28,7 @@ void add_train_options(CLI::App& app, TrainConfig& c, std::string& config_file) 
   text("--out", c.out, "run directory: checkpoints and metrics.jsonl");
   text("--resume", c.resume, "continue from a checkpoint directory, or from a run directory's latest");
   text("--device", c.device, "cpu, cuda or cuda:N");
-  text("--dtype", c.dtype, "fp32 or bf16 (CUDA)");
+  text("--dtype", c.dtype, "fp32 or bf16 (CUDA only; the default there)");
   number("--seq-len", c.seq_len, "context length T");
   number("--micro-batch", c.micro_batch, "rows per forward/backward pass");
   number("--batch-tokens", c.batch_tokens, "tokens per optimizer step, reached by gradient accumulation (0 = one micro-batch)");

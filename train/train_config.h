@@ -21,7 +21,7 @@ struct TrainConfig {
   std::string out = "runs/train";
   std::string resume;      // a checkpoint directory, or a run directory (its latest checkpoint)
   std::string device = "cpu";
-  std::string dtype = "fp32";
+  std::string dtype;  // empty: bf16 on CUDA, fp32 on the CPU
   // Shapes and budget (exactly one of steps / tokens / flops; steps wins when several are given).
   int64_t seq_len = 256;
   int64_t micro_batch = 8;

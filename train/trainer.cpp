@@ -66,9 +66,15 @@ Tokenizer load_tokenizer(const std::string& path) {
 }  // namespace
 
 Trainer::Trainer(TrainConfig config) : config_(std::move(config)) {
-  BRAID_CHECK(Device::parse(config_.device).is_cpu(), "--device ", config_.device,
-              ": training on CUDA arrives with the CUDA backend; this build trains on the cpu");
-  BRAID_CHECK(config_.dtype == "fp32", "--dtype ", config_.dtype, ": the CPU backend trains in fp32");
+  device_ = Device::parse(config_.device);
+  if (device_.is_cuda())
+    BRAID_CHECK(device_.index < cuda_device_count(), "--device ", config_.device, ": ",
+                cuda_device_count(), " CUDA device(s) usable here (none without a GPU or in a CPU-only build)");
+  if (config_.dtype.empty()) config_.dtype = device_.is_cuda() ? "bf16" : "fp32";
+  BRAID_CHECK(config_.dtype == "fp32" || config_.dtype == "bf16", "--dtype ", config_.dtype,
+              ": expected fp32 or bf16");
+  BRAID_CHECK(config_.dtype == "fp32" || device_.is_cuda(), "--dtype ", config_.dtype,
+              ": the CPU backend trains in fp32; bf16 needs --device cuda");
   BRAID_CHECK(!config_.data.empty(), "--data is required (training token shards)");
   BRAID_CHECK(config_.seq_len > 0 && config_.micro_batch > 0, "--seq-len and --micro-batch must be positive, got ",
               config_.seq_len, " and ", config_.micro_batch);
@@ -87,7 +93,9 @@ Trainer::Trainer(TrainConfig config) : config_(std::move(config)) {
     BRAID_CHECK(!config_.model.empty(), "--model is required (a model config JSON)");
     model_config_ = load_model_config(config_.model);
   }
-  model_ = std::make_unique<HybridLM>(model_config_, TensorOptions{Device::cpu(), DType::f32});
+  // fp32 parameters everywhere: with --dtype bf16 they are the master weights (DESIGN.md).
+  model_ = std::make_unique<HybridLM>(model_config_, TensorOptions{device_, DType::f32});
+  model_->set_activation_dtype(config_.dtype == "bf16" ? DType::bf16 : DType::f32);
   model_->set_recompute(config_.recompute);
   Generator generator(config_.seed);
   model_->initialize(generator);
@@ -172,12 +180,14 @@ Trainer::StepResult Trainer::train_step(int64_t step, double lr) {
   bool finite = true;
   for (int64_t micro = 0; micro < accumulation_; ++micro) {
     Batch batch = train_data_->next();
-    autograd::Var loss = model_->loss(autograd::leaf(batch.inputs), autograd::leaf(batch.targets));
+    autograd::Var loss = model_->loss(autograd::leaf(batch.inputs.to(device_)),
+                                      autograd::leaf(batch.targets.to(device_)));
     const double value = loss->value.item();
     finite = finite && std::isfinite(value);
     loss_sum += value;
     // Each micro-batch contributes its mean / accumulation, so the gradient is the step's mean.
     autograd::backward(accumulation_ > 1 ? ops::scale(loss, 1.0 / double(accumulation_)) : loss);
+    autograd::clear_tape();  // anything the loss did not depend on is dropped with the step
   }
   const double loss = loss_sum / double(accumulation_);
   const double norm = optimizer_->grad_norm();
@@ -202,7 +212,8 @@ double Trainer::evaluate() {
   double total = 0;
   for (int64_t b = 0; b < batches; ++b) {
     Batch batch = val_data_->next();
-    total += model_->loss(autograd::leaf(batch.inputs), autograd::leaf(batch.targets))->value.item();
+    total += model_->loss(autograd::leaf(batch.inputs.to(device_)), autograd::leaf(batch.targets.to(device_)))
+                 ->value.item();
   }
   return total / double(batches);
 }
@@ -259,11 +270,14 @@ void Trainer::log_step(int64_t step, double loss, double lr, double grad_norm, d
   const double tokens_per_second = step_tokens / seconds;
   const double mfu = config_.peak_tflops > 0 ? tokens_per_second * flops_per_token_ / (config_.peak_tflops * 1e12) : NAN;
   const double eta = seconds * double(total_steps_ - step);
-  const AllocatorStats memory = cpu_allocator().stats();
+  // Peak memory of the steps since the last line, on the training device.
+  Allocator& allocator = allocator_for(device_);
+  const AllocatorStats memory = allocator.stats();
+  allocator.reset_peaks();
   std::string mfu_text = std::isnan(mfu) ? "-" : str(std::round(mfu * 1000) / 10, "%");
-  std::printf("step %5ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | MFU %s | ETA %s\n", long(step),
-              long(total_steps_), loss, lr, grad_norm, tokens_per_second, mfu_text.c_str(),
-              format_duration(eta).c_str());
+  std::printf("step %5ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | MFU %s | peak %s | ETA %s\n",
+              long(step), long(total_steps_), loss, lr, grad_norm, tokens_per_second, mfu_text.c_str(),
+              format_bytes(memory.peak_allocated).c_str(), format_duration(eta).c_str());
   std::fflush(stdout);
   nlohmann::json line = {{"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
                          {"tokens", tokens_seen_}, {"tokens_per_s", tokens_per_second},

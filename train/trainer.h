@@ -43,6 +43,7 @@ class Trainer {
 
   TrainConfig config_;
   ModelConfig model_config_;
+  Device device_;
   std::unique_ptr<HybridLM> model_;
   std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<DataLoader> train_data_, val_data_;

@@ -24,12 +24,12 @@ struct PlanKey {
   int device;
   bool trans_a, trans_b;
   int64_t M, N, K, lda, ldb, ldc;
-  DType dtype;
+  DType dtype, c_dtype;
   // Largest power of two (up to 256) dividing every pointer: the heuristic may only pick
   // algorithms whose alignment needs these pointers meet.
   uint32_t alignment;
 
-  auto tie() const { return std::tie(device, trans_a, trans_b, M, N, K, lda, ldb, ldc, dtype, alignment); }
+  auto tie() const { return std::tie(device, trans_a, trans_b, M, N, K, lda, ldb, ldc, dtype, c_dtype, alignment); }
   bool operator<(const PlanKey& other) const { return tie() < other.tie(); }
 };
 
@@ -109,7 +109,7 @@ std::unique_ptr<Plan> make_plan(const PlanKey& key, cublasLtHandle_t handle) {
                                : make_layout(type, key.N, key.K, key.ldb);
   plan->b_layout = key.trans_a ? make_layout(type, key.M, key.K, key.lda)
                                : make_layout(type, key.K, key.M, key.lda);
-  plan->c_layout = make_layout(type, key.N, key.M, key.ldc);
+  plan->c_layout = make_layout(cuda_data_type(key.c_dtype), key.N, key.M, key.ldc);
 
   cublasLtMatmulPreference_t preference = nullptr;
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
@@ -131,7 +131,8 @@ std::unique_ptr<Plan> make_plan(const PlanKey& key, cublasLtHandle_t handle) {
   CUBLAS_CHECK(status);
   BRAID_CHECK(found > 0, "cuda gemm: cuBLASLt has no algorithm for ", key.trans_a ? "Aᵀ" : "A", " * ",
               key.trans_b ? "Bᵀ" : "B", " with M=", key.M, " N=", key.N, " K=", key.K, " lda=",
-              key.lda, " ldb=", key.ldb, " ldc=", key.ldc, " in ", dtype_name(key.dtype));
+              key.lda, " ldb=", key.ldb, " ldc=", key.ldc, " in ", dtype_name(key.dtype), " to ",
+              dtype_name(key.c_dtype));
   plan->algorithm = result.algo;
   return plan;
 }
@@ -140,7 +141,7 @@ std::unique_ptr<Plan> make_plan(const PlanKey& key, cublasLtHandle_t handle) {
 
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const void* A,
           int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc, DType dtype,
-          cudaStream_t stream) {
+          DType c_dtype, cudaStream_t stream) {
   BRAID_CHECK(M >= 0 && N >= 0 && K >= 0, "cuda gemm: negative size M=", M, " N=", N, " K=", K);
   const int64_t a_cols = trans_a ? M : K, b_cols = trans_b ? K : N;
   BRAID_CHECK(lda >= std::max<int64_t>(a_cols, 1) && ldb >= std::max<int64_t>(b_cols, 1) &&
@@ -148,17 +149,19 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
               "cuda gemm: leading dimensions lda=", lda, " ldb=", ldb, " ldc=", ldc,
               " are below the row lengths ", a_cols, ", ", b_cols, ", ", N);
   cuda_data_type(dtype);  // rejects other dtypes before any early return
+  cuda_data_type(c_dtype);
   if (M == 0 || N == 0) return;
   if (K == 0) {
     // Nothing to sum: C = beta * C, which only the beta == 0 case needs so far.
     BRAID_CHECK(beta == 0.0f, "cuda gemm: K=0 with beta=", beta, " is not supported");
-    CUDA_CHECK(cudaMemset2DAsync(C, size_t(ldc) * dtype_size(dtype), 0, size_t(N) * dtype_size(dtype),
-                                 size_t(M), stream));
+    CUDA_CHECK(cudaMemset2DAsync(C, size_t(ldc) * dtype_size(c_dtype), 0,
+                                 size_t(N) * dtype_size(c_dtype), size_t(M), stream));
     return;
   }
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
-  const PlanKey key{device, trans_a, trans_b, M, N, K, lda, ldb, ldc, dtype, common_alignment(A, B, C)};
+  const PlanKey key{device, trans_a, trans_b, M, N, K, lda, ldb, ldc, dtype, c_dtype,
+                     common_alignment(A, B, C)};
   cublasLtHandle_t handle;
   void* workspace;
   const Plan* plan;

@@ -43,4 +43,25 @@ void check_cpu(const char* op, const Tensor& tensor) {
               " yet (the CUDA backend is a later issue)");
 }
 
+void check_backend(const char* op, const char* what, const Tensor& x) {
+  if (x.device().is_cpu()) {
+    BRAID_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f64, op, ": ", what,
+                " on the CPU must be f32 or f64, got ", x.describe());
+    return;
+  }
+#ifdef BRAID_CUDA
+  BRAID_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::bf16, op, ": ", what,
+              " on CUDA must be f32 or bf16, got ", x.describe());
+#else
+  BRAID_FAIL(op, ": ", what, " is on ", x.device().to_string(), ", but this build has no CUDA");
+#endif
+}
+
+void check_param(const char* op, const char* what, const Tensor& param, const Tensor& x) {
+  const DType expected = x.dtype() == DType::bf16 ? DType::f32 : x.dtype();
+  BRAID_CHECK(param.device() == x.device() && param.dtype() == expected, op, ": ", what, " is ",
+              param.describe(), " but the input is ", x.describe(), "; it must be ",
+              dtype_name(expected), " on ", x.device().to_string());
+}
+
 }  // namespace braid::ops

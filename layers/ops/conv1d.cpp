@@ -5,6 +5,12 @@
 #include "layers/ops/checks.h"
 #include "layers/ops/dispatch.h"
 
+#ifdef BRAID_CUDA
+#include "kernels/cuda/conv1d.h"
+#include "runtime/cuda_stream.h"
+#include "runtime/device_copy.h"
+#endif
+
 namespace braid::ops {
 
 namespace {
@@ -24,6 +30,9 @@ class Conv1dNode : public autograd::Node {
   const char* name() const override { return "conv1d"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+#ifdef BRAID_CUDA
+    if (x_.device().is_cuda()) return cuda_backward(grad_outputs);
+#endif
     const DType dtype = x_.dtype();
     Tensor d_out = grad_outputs[0].defined() ? grad_outputs[0].to(dtype).contiguous()
                                              : Tensor::zeros(x_.shape(), dtype);
@@ -47,6 +56,39 @@ class Conv1dNode : public autograd::Node {
   }
 
  private:
+#ifdef BRAID_CUDA
+  // The same gradients on x's CUDA device, all f32 (DESIGN.md "Precision").
+  std::vector<Tensor> cuda_backward(const std::vector<Tensor>& grad_outputs) {
+    const Device device = x_.device();
+    const int64_t batch = x_.size(0), length = x_.size(1), channels = x_.size(2);
+    const int64_t width = weight_.size(1);
+    cuda_set_device(device.index);
+    Tensor d_out = grad_outputs[0].defined() ? grad_outputs[0].to(DType::f32).contiguous()
+                                             : Tensor::zeros(x_.shape(), DType::f32, device);
+    Tensor d_final_state =
+        grad_outputs[1].defined() ? grad_outputs[1].to(DType::f32).contiguous() : Tensor();
+    Tensor d_x = Tensor::empty(x_.shape(), DType::f32, device);
+    Tensor d_weight = Tensor::empty(weight_.shape(), DType::f32, device);
+    Tensor d_bias = Tensor::empty(bias_.shape(), DType::f32, device);
+    Tensor d_initial_state = initial_state_.defined()
+                                 ? Tensor::empty(initial_state_.shape(), DType::f32, device)
+                                 : Tensor();
+    Tensor workspace = Tensor::empty(
+        {int64_t(kernels::cuda::causal_conv1d_backward_workspace_floats(batch, length, channels,
+                                                                         width))},
+        DType::f32, device);
+    kernels::cuda::causal_conv1d_backward(
+        x_.raw_data(), weight_.data<float>(), bias_.data<float>(),
+        initial_state_.defined() ? initial_state_.raw_data() : nullptr, d_out.data<float>(),
+        data_or_null<float>(d_final_state), d_x.data<float>(), d_weight.data<float>(),
+        d_bias.data<float>(), data_or_null<float>(d_initial_state), workspace.data<float>(),
+        batch, length, channels, width, silu_, x_.dtype(), compute_stream());
+    std::vector<Tensor> grads = {d_x, d_weight, d_bias};
+    if (initial_state_.defined()) grads.push_back(d_initial_state);
+    return grads;
+  }
+#endif
+
   Tensor x_, weight_, bias_, initial_state_;
   bool silu_;
 };
@@ -58,6 +100,7 @@ Conv1dOutput conv1d(const autograd::Var& x, const autograd::Var& weight, const a
   const char* op = "conv1d";
   check_dim(op, "x (B, T, C)", x->value, 3);
   check_floating(op, "x", x->value);
+  check_backend(op, "x", x->value);
   const int64_t batch = x->value.size(0), channels = x->value.size(2);
   BRAID_CHECK(weight->value.dim() == 2 && weight->value.size(0) == channels &&
                   weight->value.size(1) >= 1,
@@ -66,8 +109,8 @@ Conv1dOutput conv1d(const autograd::Var& x, const autograd::Var& weight, const a
               " and W >= 1");
   const int64_t width = weight->value.size(1);
   check_shape(op, "bias", bias->value, {channels});
-  check_same_type(op, "x", x->value, "weight", weight->value);
-  check_same_type(op, "x", x->value, "bias", bias->value);
+  check_param(op, "weight", weight->value, x->value);
+  check_param(op, "bias", bias->value, x->value);
   if (initial_state) {
     const Shape expected = {batch, channels, width - 1};
     BRAID_CHECK(initial_state->value.shape() == expected, op, ": initial_state has shape ",
@@ -76,18 +119,28 @@ Conv1dOutput conv1d(const autograd::Var& x, const autograd::Var& weight, const a
                 "; expected (B, C, W-1) = ", shape_str(expected));
     check_same_type(op, "x", x->value, "initial_state", initial_state->value);
   }
-  check_cpu(op, x->value);
 
   Tensor xc = x->value.contiguous(), w = weight->value.contiguous(), b = bias->value.contiguous();
   Tensor init = initial_state ? initial_state->value.contiguous() : Tensor();
-  Tensor out = Tensor::empty(xc.shape(), xc.dtype());
-  Tensor final_state = Tensor::empty({batch, channels, width - 1}, xc.dtype());
-  dispatch_cpu_float(op, xc.dtype(), [&]<typename T>() {
-    kernels::cpu::causal_conv1d_forward<T>(xc.data<T>(), w.data<T>(), b.data<T>(),
-                                           data_or_null<T>(init), out.data<T>(),
-                                           final_state.data<T>(), batch, xc.size(1), channels,
-                                           width, silu);
-  });
+  Tensor out = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
+  Tensor final_state = Tensor::empty({batch, channels, width - 1}, xc.dtype(), xc.device());
+  if (xc.device().is_cuda()) {
+    // (Reached only in CUDA builds: check_backend refuses CUDA tensors elsewhere.)
+#ifdef BRAID_CUDA
+    cuda_set_device(xc.device().index);
+    kernels::cuda::causal_conv1d_forward(
+        xc.raw_data(), w.data<float>(), b.data<float>(), init.defined() ? init.raw_data() : nullptr,
+        out.raw_data(), final_state.raw_data(), batch, xc.size(1), channels, width, silu,
+        xc.dtype(), compute_stream());
+#endif
+  } else {
+    dispatch_cpu_float(op, xc.dtype(), [&]<typename T>() {
+      kernels::cpu::causal_conv1d_forward<T>(xc.data<T>(), w.data<T>(), b.data<T>(),
+                                             data_or_null<T>(init), out.data<T>(),
+                                             final_state.data<T>(), batch, xc.size(1), channels,
+                                             width, silu);
+    });
+  }
   std::vector<autograd::Var> inputs = {x, weight, bias};
   if (initial_state) inputs.push_back(initial_state);
   std::vector<autograd::Var> outputs = autograd::record(

@@ -5,6 +5,12 @@
 #include "layers/ops/checks.h"
 #include "layers/ops/dispatch.h"
 
+#ifdef BRAID_CUDA
+#include "kernels/cuda/embedding.h"
+#include "runtime/cuda_stream.h"
+#include "runtime/device_copy.h"
+#endif
+
 namespace braid::ops {
 
 namespace {
@@ -26,6 +32,25 @@ class EmbeddingNode : public autograd::Node {
   const char* name() const override { return "embedding"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+#ifdef BRAID_CUDA
+    if (ids_.device().is_cuda()) {
+      // A fresh f32 gradient: the table is also the tied LM head, whose gradient autograd adds.
+      const Device device = ids_.device();
+      if (!grad_outputs[0].defined())
+        return {Tensor::zeros(table_shape_, DType::f32, device), Tensor()};
+      cuda_set_device(device.index);
+      Tensor d_out = grad_outputs[0].to(DType::f32).contiguous();
+      Tensor d_table = Tensor::empty(table_shape_, DType::f32, device);
+      const int64_t n = ids_.numel(), vocab = table_shape_[0], dim = table_shape_[1];
+      Tensor workspace = Tensor::empty(
+          {int64_t(kernels::cuda::embedding_backward_workspace_floats(n, vocab))}, DType::f32,
+          device);
+      kernels::cuda::embedding_backward(ids_.data<int64_t>(), d_out.data<float>(),
+                                        d_table.data<float>(), workspace.data<float>(), n, vocab,
+                                        dim, compute_stream());
+      return {d_table, Tensor()};
+    }
+#endif
     Tensor d_out = grad_outputs[0].to(dtype_).contiguous();
     Tensor d_table = Tensor::empty(table_shape_, dtype_);
     dispatch_cpu_float("embedding", dtype_, [&]<typename T>() {
@@ -36,7 +61,7 @@ class EmbeddingNode : public autograd::Node {
   }
 
  private:
-  Tensor ids_;  // i64, contiguous
+  Tensor ids_;  // i64, contiguous, on the table's device
   Shape table_shape_;
   DType dtype_;
 };
@@ -51,25 +76,44 @@ autograd::Var embedding(const autograd::Var& table, const autograd::Var& ids) {
               "embedding: ids must be an integer tensor, got ",
               ids->value.defined() ? ids->value.describe() : "an undefined tensor",
               " (table has shape ", shape_str(table_value.shape()), ")");
-  check_cpu("embedding", table_value);
-  check_cpu("embedding", ids->value);
+  check_backend("embedding", "table", table_value);
+  BRAID_CHECK(ids->value.device() == table_value.device(), "embedding: ids ",
+              ids->value.describe(), " and table ", table_value.describe(),
+              " must be on the same device");
+  const bool on_cuda = table_value.device().is_cuda();
+  // The table is a parameter: fp32 master weights on CUDA (DESIGN.md "Precision").
+  if (on_cuda) check_dtype("embedding", "table on CUDA", table_value, DType::f32);
   const int64_t vocab = table_value.size(0), dim = table_value.size(1);
+#ifdef BRAID_CUDA
+  if (on_cuda) cuda_set_device(table_value.device().index);
+#endif
   Tensor ids_i64 = ids->value.to(DType::i64).contiguous();
-  const int64_t* id = ids_i64.data<int64_t>();
-  for (int64_t i = 0; i < ids_i64.numel(); ++i)
+  // The range check reads the ids on the host (for ids on CUDA, one copy per call).
+  Tensor ids_host = ids_i64.to(Device::cpu());
+  const int64_t* id = ids_host.data<int64_t>();
+  for (int64_t i = 0; i < ids_host.numel(); ++i)
     BRAID_CHECK(id[i] >= 0 && id[i] < vocab, "embedding: token id ", id[i], " at position ",
-                shape_str(unravel(i, ids_i64.shape())), " of ids with shape ",
-                shape_str(ids_i64.shape()), " is out of range for a table of V = ", vocab,
+                shape_str(unravel(i, ids_host.shape())), " of ids with shape ",
+                shape_str(ids_host.shape()), " is out of range for a table of V = ", vocab,
                 " rows (shape ", shape_str(table_value.shape()), ")");
 
   Tensor table_contiguous = table_value.contiguous();
   Shape out_shape = ids_i64.shape();
   out_shape.push_back(dim);
-  Tensor out = Tensor::empty(out_shape, table_value.dtype());
-  dispatch_cpu_float("embedding", table_value.dtype(), [&]<typename T>() {
-    kernels::cpu::embedding_forward<T>(table_contiguous.data<T>(), id, out.data<T>(),
-                                       ids_i64.numel(), dim);
-  });
+  Tensor out = Tensor::empty(out_shape, table_value.dtype(), table_value.device());
+  if (on_cuda) {
+    // (Reached only in CUDA builds: check_backend refuses CUDA tensors elsewhere.)
+#ifdef BRAID_CUDA
+    kernels::cuda::embedding_forward(table_contiguous.data<float>(), ids_i64.data<int64_t>(),
+                                     out.raw_data(), ids_i64.numel(), dim, out.dtype(),
+                                     compute_stream());
+#endif
+  } else {
+    dispatch_cpu_float("embedding", table_value.dtype(), [&]<typename T>() {
+      kernels::cpu::embedding_forward<T>(table_contiguous.data<T>(), id, out.data<T>(),
+                                         ids_i64.numel(), dim);
+    });
+  }
   return autograd::record(
       std::make_shared<EmbeddingNode>(ids_i64, table_value.shape(), table_value.dtype()),
       {table, ids}, out);

@@ -7,6 +7,12 @@
 #include "layers/ops/checks.h"
 #include "layers/ops/dispatch.h"
 
+#ifdef BRAID_CUDA
+#include "kernels/cuda/gated_rmsnorm.h"
+#include "runtime/cuda_stream.h"
+#include "runtime/device_copy.h"
+#endif
+
 namespace braid::ops {
 
 namespace {
@@ -19,11 +25,33 @@ class GatedRmsnormNode : public autograd::Node {
   const char* name() const override { return "gated_rmsnorm"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+    const int64_t channels = weight_.numel();
+#ifdef BRAID_CUDA
+    if (y_.device().is_cuda()) {
+      // Values in y's dtype; rstd, the weight and all gradients in f32.
+      const Device device = y_.device();
+      cuda_set_device(device.index);
+      Tensor d_out = grad_outputs[0].to(DType::f32).contiguous();
+      Tensor d_y = Tensor::empty(y_.shape(), DType::f32, device);
+      Tensor d_z = Tensor::empty(z_.shape(), DType::f32, device);
+      Tensor d_weight = Tensor::empty(weight_.shape(), DType::f32, device);
+      const int64_t rows = y_.numel() / channels, group_size = channels / groups_;
+      Tensor workspace = Tensor::empty(
+          {int64_t(kernels::cuda::gated_rmsnorm_workspace_floats(rows, groups_, group_size,
+                                                                 y_.dtype()))},
+          DType::f32, device);
+      kernels::cuda::gated_rmsnorm_backward(y_.raw_data(), z_.raw_data(), weight_.data<float>(),
+                                            rstd_.data<float>(), d_out.data<float>(),
+                                            d_y.data<float>(), d_z.data<float>(),
+                                            d_weight.data<float>(), rows, groups_, group_size,
+                                            y_.dtype(), workspace.data<float>(), compute_stream());
+      return {d_y, d_z, d_weight};
+    }
+#endif
     Tensor d_out = grad_outputs[0].to(y_.dtype()).contiguous();
     Tensor d_y = Tensor::empty(y_.shape(), y_.dtype());
     Tensor d_z = Tensor::empty(z_.shape(), z_.dtype());
     Tensor d_weight = Tensor::empty(weight_.shape(), weight_.dtype());
-    const int64_t channels = weight_.numel();
     dispatch_cpu_float("gated_rmsnorm", y_.dtype(), [&]<typename T>() {
       kernels::cpu::gated_rmsnorm_backward<T>(y_.data<T>(), z_.data<T>(), weight_.data<T>(),
                                               rstd_.data<T>(), d_out.data<T>(), d_y.data<T>(),
@@ -53,12 +81,26 @@ autograd::Var gated_rmsnorm(const autograd::Var& y, const autograd::Var& z,
               " groups");
   check_shape(op, "weight", weight->value, {channels});
   check_same_type(op, "y", y->value, "z", z->value);
-  check_same_type(op, "y", y->value, "weight", weight->value);
+  check_backend(op, "y", y->value);
+  check_param(op, "weight", weight->value, y->value);
   BRAID_CHECK(eps >= 0 && std::isfinite(eps), op, ": eps must be finite and >= 0, got ", eps);
-  check_cpu(op, y->value);
 
   Tensor yc = y->value.contiguous(), zc = z->value.contiguous(), w = weight->value.contiguous();
   const int64_t rows = yc.numel() / channels;
+#ifdef BRAID_CUDA
+  if (yc.device().is_cuda()) {
+    const Device device = yc.device();
+    cuda_set_device(device.index);
+    Tensor out = Tensor::empty(yc.shape(), yc.dtype(), device);
+    Tensor rstd = Tensor::empty({rows, groups}, DType::f32, device);
+    kernels::cuda::gated_rmsnorm_forward(yc.raw_data(), zc.raw_data(), w.data<float>(),
+                                         out.raw_data(), rstd.data<float>(), rows, groups,
+                                         channels / groups, float(eps), yc.dtype(),
+                                         compute_stream());
+    return autograd::record(std::make_shared<GatedRmsnormNode>(yc, zc, w, rstd, groups),
+                            {y, z, weight}, out);
+  }
+#endif
   Tensor out = Tensor::empty(yc.shape(), yc.dtype());
   Tensor rstd = Tensor::empty({rows, groups}, yc.dtype());
   dispatch_cpu_float(op, yc.dtype(), [&]<typename T>() {

@@ -7,6 +7,12 @@
 #include "layers/ops/checks.h"
 #include "layers/ops/dispatch.h"
 
+#ifdef BRAID_CUDA
+#include "kernels/cuda/group_norm.h"
+#include "runtime/cuda_stream.h"
+#include "runtime/device_copy.h"
+#endif
+
 namespace braid::ops {
 
 namespace {
@@ -19,11 +25,32 @@ class GroupNormNode : public autograd::Node {
   const char* name() const override { return "group_norm"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+    const int64_t channels = weight_.numel();
+#ifdef BRAID_CUDA
+    if (x_.device().is_cuda()) {
+      // Values in x's dtype; statistics, parameters and gradients in f32.
+      const Device device = x_.device();
+      cuda_set_device(device.index);
+      Tensor d_out = grad_outputs[0].to(DType::f32).contiguous();
+      Tensor d_x = Tensor::empty(x_.shape(), DType::f32, device);
+      Tensor d_weight = Tensor::empty(weight_.shape(), DType::f32, device);
+      Tensor d_bias = Tensor::empty(weight_.shape(), DType::f32, device);
+      const int64_t rows = x_.numel() / channels, group_size = channels / groups_;
+      Tensor workspace = Tensor::empty(
+          {int64_t(kernels::cuda::group_norm_workspace_floats(rows, groups_, group_size, x_.dtype()))},
+          DType::f32, device);
+      kernels::cuda::group_norm_backward(x_.raw_data(), weight_.data<float>(), mean_.data<float>(),
+                                         rstd_.data<float>(), d_out.data<float>(),
+                                         d_x.data<float>(), d_weight.data<float>(),
+                                         d_bias.data<float>(), rows, groups_, group_size,
+                                         x_.dtype(), workspace.data<float>(), compute_stream());
+      return {d_x, d_weight, d_bias};
+    }
+#endif
     Tensor d_out = grad_outputs[0].to(x_.dtype()).contiguous();
     Tensor d_x = Tensor::empty(x_.shape(), x_.dtype());
     Tensor d_weight = Tensor::empty(weight_.shape(), x_.dtype());
     Tensor d_bias = Tensor::empty(weight_.shape(), x_.dtype());
-    const int64_t channels = weight_.numel();
     dispatch_cpu_float("group_norm", x_.dtype(), [&]<typename T>() {
       kernels::cpu::group_norm_backward<T>(x_.data<T>(), weight_.data<T>(), mean_.data<T>(),
                                            rstd_.data<T>(), d_out.data<T>(), d_x.data<T>(),
@@ -52,13 +79,28 @@ autograd::Var group_norm(const autograd::Var& x, const autograd::Var& weight,
               " groups");
   check_shape(op, "weight", weight->value, {channels});
   check_shape(op, "bias", bias->value, {channels});
-  check_same_type(op, "x", x->value, "weight", weight->value);
-  check_same_type(op, "x", x->value, "bias", bias->value);
+  check_backend(op, "x", x->value);
+  check_param(op, "weight", weight->value, x->value);
+  check_param(op, "bias", bias->value, x->value);
   BRAID_CHECK(eps >= 0 && std::isfinite(eps), op, ": eps must be finite and >= 0, got ", eps);
-  check_cpu(op, x->value);
 
   Tensor xc = x->value.contiguous(), w = weight->value.contiguous(), b = bias->value.contiguous();
   const int64_t rows = xc.numel() / channels;
+#ifdef BRAID_CUDA
+  if (xc.device().is_cuda()) {
+    const Device device = xc.device();
+    cuda_set_device(device.index);
+    Tensor out = Tensor::empty(xc.shape(), xc.dtype(), device);
+    Tensor mean = Tensor::empty({rows, groups}, DType::f32, device);
+    Tensor rstd = Tensor::empty({rows, groups}, DType::f32, device);
+    kernels::cuda::group_norm_forward(xc.raw_data(), w.data<float>(), b.data<float>(),
+                                      out.raw_data(), mean.data<float>(), rstd.data<float>(), rows,
+                                      groups, channels / groups, float(eps), xc.dtype(),
+                                      compute_stream());
+    return autograd::record(std::make_shared<GroupNormNode>(xc, w, mean, rstd, groups),
+                            {x, weight, bias}, out);
+  }
+#endif
   Tensor out = Tensor::empty(xc.shape(), xc.dtype());
   Tensor mean = Tensor::empty({rows, groups}, xc.dtype());
   Tensor rstd = Tensor::empty({rows, groups}, xc.dtype());

@@ -41,6 +41,18 @@ class NarrowNode : public autograd::Node {
   int64_t dim_, start_;
 };
 
+class CastNode : public autograd::Node {
+ public:
+  explicit CastNode(DType input_dtype) : input_dtype_(input_dtype) {}
+  const char* name() const override { return "cast"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& grads) override {
+    return {grads[0].to(autograd::grad_dtype(input_dtype_))};
+  }
+
+ private:
+  DType input_dtype_;
+};
+
 class ConcatNode : public autograd::Node {
  public:
   ConcatNode(std::vector<int64_t> sizes, int64_t dim) : sizes_(std::move(sizes)), dim_(dim) {}
@@ -100,6 +112,13 @@ autograd::Var concat(const std::vector<autograd::Var>& parts, int64_t dim) {
     start += part->value.size(axis);
   }
   return autograd::record(std::make_shared<ConcatNode>(sizes, axis), parts, out);
+}
+
+autograd::Var cast(const autograd::Var& x, DType dtype) {
+  BRAID_CHECK(is_floating(x->value.dtype()) && is_floating(dtype), "cast: ", x->value.describe(),
+              " to ", dtype_name(dtype), ": only floating dtypes are cast with a gradient");
+  if (x->value.dtype() == dtype) return x;
+  return autograd::record(std::make_shared<CastNode>(x->value.dtype()), {x}, x->value.to(dtype));
 }
 
 }  // namespace braid::ops

@@ -1,5 +1,6 @@
-// Layout ops with gradients: reshape, narrow (a slice along one dimension) and concat. They move
-// data with the runtime's copies, so they work on every device.
+// Layout ops with gradients: reshape, narrow (a slice along one dimension), concat and cast (a
+// change of floating dtype, e.g. fp32 embeddings into bf16 activations). They move data with the
+// runtime's copies, so they work on every device.
 #pragma once
 
 #include <cstdint>
@@ -15,5 +16,8 @@ autograd::Var reshape(const autograd::Var& x, const Shape& shape);
 autograd::Var narrow(const autograd::Var& x, int64_t dim, int64_t start, int64_t length);
 // Joins along `dim`; every other dimension must match.
 autograd::Var concat(const std::vector<autograd::Var>& parts, int64_t dim);
+// x in another floating dtype (x itself when it already has it); the gradient flows back in x's
+// gradient dtype.
+autograd::Var cast(const autograd::Var& x, DType dtype);
 
 }  // namespace braid::ops

@@ -7,6 +7,7 @@
 
 #ifdef BRAID_CUDA
 #include "kernels/cuda/gemm.h"
+#include "runtime/cuda_stream.h"
 #include "runtime/device_copy.h"
 #endif
 
@@ -27,35 +28,16 @@ int64_t leading_rows(const Tensor& x) {
 }
 
 #ifdef BRAID_CUDA
-// c = op(a) op(b) on a's CUDA device through cuBLASLt, in a's dtype (f32 or bf16), on the default
-// stream. Sizes and leading dimensions as in kernels/cuda/gemm.h.
+// c = op(a) op(b) on a's CUDA device through cuBLASLt, with a and b in their (shared) dtype (f32 or
+// bf16) and c in its own dtype, on the compute stream. Sizes and leading dimensions as in
+// kernels/cuda/gemm.h.
 void cuda_product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const Tensor& a,
                   int64_t lda, const Tensor& b, int64_t ldb, const Tensor& c, int64_t ldc) {
   cuda_set_device(a.device().index);
   kernels::cuda::gemm(trans_a, trans_b, M, N, K, 1.0f, a.raw_data(), lda, b.raw_data(), ldb, 0.0f,
-                      c.raw_data(), ldc, a.dtype());
-}
-
-// Gradients of bf16 values are kept in f32 (autograd::grad_dtype); the products ran in bf16.
-Tensor as_grad(const Tensor& gradient) {
-  return gradient.defined() && gradient.dtype() == DType::bf16 ? gradient.to(DType::f32) : gradient;
+                      c.raw_data(), ldc, a.dtype(), c.dtype(), compute_stream());
 }
 #endif
-
-// a and b (same dtype and device) have a backend: the CPU, or in CUDA builds a CUDA device with
-// f32 or bf16 values.
-void check_backend(const char* op, const Tensor& a, const Tensor& b) {
-#ifdef BRAID_CUDA
-  if (a.device().is_cuda()) {
-    BRAID_CHECK(a.dtype() == DType::f32 || a.dtype() == DType::bf16, op,
-                ": the CUDA backend computes in f32 or bf16, got ", a.describe(), " and ",
-                b.describe());
-    return;
-  }
-#endif
-  (void)b;
-  check_cpu(op, a);
-}
 
 // C = op(A) op(B) with A stored (M, K), or (K, M) when trans_a; B stored (K, N), or (N, K) when
 // trans_b. Backward: d op(A) = dC op(B)ᵀ and d op(B) = op(A)ᵀ dC, stored back in A's and B's
@@ -71,9 +53,11 @@ class MatmulNode : public autograd::Node {
     const int64_t N = trans_b_ ? b_.size(0) : b_.size(1);
     const int64_t ld_a = a_.size(1), ld_b = b_.size(1);
     Tensor d_c = grad_outputs[0].to(a_.dtype()).contiguous();
+    // Gradients are fp32 for bf16 values (autograd::grad_dtype); cuBLASLt writes them directly.
+    const DType grad_dtype = autograd::grad_dtype(a_.dtype());
     Tensor d_a, d_b;
-    if (wants_grad(*this, 0)) d_a = Tensor::empty(a_.shape(), a_.dtype(), a_.device());
-    if (wants_grad(*this, 1)) d_b = Tensor::empty(b_.shape(), b_.dtype(), b_.device());
+    if (wants_grad(*this, 0)) d_a = Tensor::empty(a_.shape(), grad_dtype, a_.device());
+    if (wants_grad(*this, 1)) d_b = Tensor::empty(b_.shape(), grad_dtype, b_.device());
 #ifdef BRAID_CUDA
     if (a_.device().is_cuda()) {
       // The same products as the CPU path below.
@@ -85,7 +69,7 @@ class MatmulNode : public autograd::Node {
         if (trans_b_) cuda_product(true, trans_a_, N, K, M, d_c, N, a_, ld_a, d_b, K);
         else cuda_product(!trans_a_, false, K, N, M, a_, ld_a, d_c, N, d_b, N);
       }
-      return {as_grad(d_a), as_grad(d_b)};
+      return {d_a, d_b};
     }
 #endif
     dispatch_cpu_float("matmul", a_.dtype(), [&]<typename T>() {
@@ -113,7 +97,9 @@ class MatmulNode : public autograd::Node {
   bool trans_a_, trans_b_;
 };
 
-// y (rows, out) = x (rows, in) Wᵀ; dx = dy W, dW = dyᵀ x (summed over every row).
+// y (rows, out) = x (rows, in) Wᵀ; dx = dy W, dW = dyᵀ x (summed over every row). `weight_` is the
+// weight in x's dtype: under mixed precision the bf16 copy of the fp32 master weight the forward
+// multiplied with, so backward reuses it.
 class LinearNode : public autograd::Node {
  public:
   LinearNode(Tensor x, Tensor weight) : x_(std::move(x)), weight_(std::move(weight)) {}
@@ -122,17 +108,17 @@ class LinearNode : public autograd::Node {
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
     const int64_t out = weight_.size(0), in = weight_.size(1), rows = leading_rows(x_);
     Tensor d_y = grad_outputs[0].to(x_.dtype()).contiguous();
+    const DType grad_dtype = autograd::grad_dtype(x_.dtype());
     Tensor d_x, d_weight;
-    if (wants_grad(*this, 0)) d_x = Tensor::empty(x_.shape(), x_.dtype(), x_.device());
-    if (wants_grad(*this, 1))
-      d_weight = Tensor::empty(weight_.shape(), weight_.dtype(), weight_.device());
+    if (wants_grad(*this, 0)) d_x = Tensor::empty(x_.shape(), grad_dtype, x_.device());
+    if (wants_grad(*this, 1)) d_weight = Tensor::empty(weight_.shape(), grad_dtype, weight_.device());
 #ifdef BRAID_CUDA
     if (x_.device().is_cuda()) {
-      // The same products as the CPU path below.
+      // The same products as the CPU path below, in x's dtype, written as fp32 gradients.
       if (d_x.defined()) cuda_product(false, false, rows, in, out, d_y, out, weight_, in, d_x, in);
       if (d_weight.defined())
         cuda_product(true, false, out, in, rows, d_y, out, x_, in, d_weight, in);
-      return {as_grad(d_x), as_grad(d_weight)};
+      return {d_x, d_weight};
     }
 #endif
     dispatch_cpu_float("linear", x_.dtype(), [&]<typename T>() {
@@ -156,7 +142,7 @@ autograd::Var matmul(const autograd::Var& a, const autograd::Var& b, bool trans_
   check_dim("matmul", "a", a->value, 2);
   check_dim("matmul", "b", b->value, 2);
   check_same_type("matmul", "a", a->value, "b", b->value);
-  check_backend("matmul", a->value, b->value);
+  check_backend("matmul", "a", a->value);
   Tensor a_value = a->value.contiguous(), b_value = b->value.contiguous();
   const int64_t M = trans_a ? a_value.size(1) : a_value.size(0);
   const int64_t K = trans_a ? a_value.size(0) : a_value.size(1);
@@ -190,9 +176,13 @@ autograd::Var linear(const autograd::Var& x, const autograd::Var& weight) {
               shape_str(x->value.shape()), " but weight has shape ",
               shape_str(weight->value.shape()), ": inner sizes ", x->value.size(-1), " and ",
               weight->value.size(1), " differ");
-  check_same_type("linear", "x", x->value, "weight", weight->value);
-  check_backend("linear", x->value, weight->value);
-  Tensor x_value = x->value.contiguous(), w_value = weight->value.contiguous();
+  check_backend("linear", "x", x->value);
+  // The weight is an fp32 master weight for bf16 x, or an activation-typed matrix (x's dtype).
+  if (weight->value.dtype() == x->value.dtype())
+    check_same_type("linear", "x", x->value, "weight", weight->value);
+  else
+    check_param("linear", "weight", weight->value, x->value);
+  Tensor x_value = x->value.contiguous(), w_value = weight->value.to(x->value.dtype()).contiguous();
   const int64_t out = w_value.size(0), in = w_value.size(1), rows = leading_rows(x_value);
   Shape y_shape = x_value.shape();
   y_shape.back() = out;

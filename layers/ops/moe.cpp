@@ -1,5 +1,6 @@
 #include "layers/ops/moe.h"
 
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -8,9 +9,25 @@
 #include "layers/ops/checks.h"
 #include "layers/ops/dispatch.h"
 
+#ifdef BRAID_CUDA
+#include "kernels/cuda/moe.h"
+#include "runtime/cuda_stream.h"
+#include "runtime/device_copy.h"
+#endif
+
 namespace braid::ops {
 
 namespace {
+
+#ifdef BRAID_CUDA
+// Gradients arrive in f32 on CUDA (autograd::grad_dtype); contiguous f32 for the kernels.
+Tensor f32_contiguous(const Tensor& gradient) { return gradient.to(DType::f32).contiguous(); }
+
+// Scratch int32s on `device` (at least one element, so empty inputs still get a valid pointer).
+Tensor int_workspace(int64_t count, Device device) {
+  return Tensor::empty({std::max<int64_t>(count, 1)}, DType::i32, device);
+}
+#endif
 
 class MoeRouteNode : public autograd::Node {
  public:
@@ -19,6 +36,18 @@ class MoeRouteNode : public autograd::Node {
   const char* name() const override { return "moe_route"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+#ifdef BRAID_CUDA
+    if (logits_.device().is_cuda()) {
+      cuda_set_device(logits_.device().index);
+      Tensor d_weights = f32_contiguous(grad_outputs[0]);
+      Tensor d_logits = Tensor::empty(logits_.shape(), DType::f32, logits_.device());
+      kernels::cuda::moe_route_backward(logits_.raw_data(), logits_.dtype(),
+                                        indices_.data<int32_t>(), d_weights.data<float>(),
+                                        logits_.size(0), logits_.size(1), indices_.size(1),
+                                        normalize_, d_logits.data<float>(), compute_stream());
+      return {d_logits};
+    }
+#endif
     Tensor d_weights = grad_outputs[0].to(logits_.dtype()).contiguous();
     Tensor d_logits = Tensor::empty(logits_.shape(), logits_.dtype());
     dispatch_cpu_float("moe_route", logits_.dtype(), [&]<typename T>() {
@@ -41,6 +70,20 @@ class MoeGatherNode : public autograd::Node {
   const char* name() const override { return "moe_gather"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+#ifdef BRAID_CUDA
+    if (order_.device().is_cuda()) {
+      const Device device = order_.device();
+      cuda_set_device(device.index);
+      Tensor d_xs = f32_contiguous(grad_outputs[0]);
+      Tensor d_x = Tensor::empty(x_shape_, DType::f32, device);
+      Tensor positions =
+          int_workspace(kernels::cuda::moe_positions_workspace_ints(x_shape_[0], k_), device);
+      kernels::cuda::moe_gather_backward(d_xs.data<float>(), order_.data<int32_t>(), x_shape_[0],
+                                         k_, x_shape_[1], d_x.data<float>(),
+                                         positions.data<int32_t>(), compute_stream());
+      return {d_x};
+    }
+#endif
     Tensor d_xs = grad_outputs[0].to(dtype_).contiguous();
     Tensor d_x = Tensor::empty(x_shape_, dtype_);
     dispatch_cpu_float("moe_gather", dtype_, [&]<typename T>() {
@@ -64,6 +107,21 @@ class MoeCombineNode : public autograd::Node {
   const char* name() const override { return "moe_combine"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+#ifdef BRAID_CUDA
+    if (ys_.device().is_cuda()) {
+      const Device device = ys_.device();
+      cuda_set_device(device.index);
+      Tensor d_out = f32_contiguous(grad_outputs[0]);
+      Tensor d_ys = Tensor::empty(ys_.shape(), DType::f32, device);
+      Tensor d_weights = Tensor::empty(weights_.shape(), DType::f32, device);
+      kernels::cuda::moe_combine_backward(ys_.raw_data(), ys_.dtype(), weights_.data<float>(),
+                                          order_.data<int32_t>(), d_out.data<float>(),
+                                          weights_.size(0), weights_.size(1), ys_.size(1),
+                                          d_ys.data<float>(), d_weights.data<float>(),
+                                          compute_stream());
+      return {d_ys, d_weights};
+    }
+#endif
     Tensor d_out = grad_outputs[0].to(ys_.dtype()).contiguous();
     Tensor d_ys = Tensor::empty(ys_.shape(), ys_.dtype());
     Tensor d_weights = Tensor::empty(weights_.shape(), weights_.dtype());
@@ -80,13 +138,24 @@ class MoeCombineNode : public autograd::Node {
 };
 
 // The parts of a RouteResult that gather and combine read: indices (n, k) i32 and an order that is
-// a permutation of the n*k slots (anything else would index out of bounds).
-void check_route(const char* op, const RouteResult& route) {
+// a permutation of the n*k slots (anything else would index out of bounds), on the device of the
+// activation `x` the op reads. A CPU order is verified to be a permutation; a CUDA order is taken
+// on trust (checking it would copy n*k ids to the host on every call): it must come from moe_route.
+void check_route(const char* op, const RouteResult& route, const Tensor& x) {
   check_dim(op, "route indices", route.indices, 2);
   check_dtype(op, "route indices", route.indices, DType::i32);
   const int64_t slots = route.indices.numel();
   check_shape(op, "route order", route.order, {slots});
   check_dtype(op, "route order", route.order, DType::i32);
+#ifdef BRAID_CUDA
+  if (x.device().is_cuda() || route.order.device().is_cuda()) {
+    BRAID_CHECK(route.order.device() == x.device(), op, ": the route's order is on ",
+                route.order.device().to_string(), " but the input is ", x.describe());
+    return;
+  }
+#else
+  (void)x;
+#endif
   check_cpu(op, route.order);
   Tensor order = route.order.contiguous();
   const int32_t* ids = order.data<int32_t>();
@@ -101,22 +170,71 @@ void check_route(const char* op, const RouteResult& route) {
 
 }  // namespace
 
+#ifdef BRAID_CUDA
+namespace {
+
+// moe_route on a CUDA device: selection and permutation on the device; the expert boundaries come
+// back to the host (see moe.h), which costs one device->host copy of E+1 integers per call.
+RouteResult cuda_route(const autograd::Var& logits, const Tensor& bias, int64_t k, bool normalize) {
+  const Tensor& value = logits->value;
+  const Device device = value.device();
+  const int64_t n = value.size(0), num_experts = value.size(1);
+  BRAID_CHECK(num_experts <= kernels::cuda::kMoeMaxExperts && k <= kernels::cuda::kMoeMaxTopK,
+              "moe_route: the CUDA router takes at most ", kernels::cuda::kMoeMaxExperts,
+              " experts and k <= ", kernels::cuda::kMoeMaxTopK, ", got logits ",
+              shape_str(value.shape()), " and k = ", k);
+  BRAID_CHECK(bias.device().is_cpu() || bias.device() == device, "moe_route: bias ",
+              bias.describe(), " must be on the host or on the logits' device (logits ",
+              value.describe(), ")");
+  cuda_set_device(device.index);
+  // The bias (f32 in training) is read as f32 next to f32 scores, whatever the logits' dtype.
+  Tensor l = value.contiguous(), b = bias.to(DType::f32).to(device).contiguous();
+  RouteResult route;
+  route.indices = Tensor::empty({n, k}, DType::i32, device);
+  route.order = Tensor::empty({n * k}, DType::i32, device);
+  Tensor weights = Tensor::empty({n, k}, DType::f32, device);
+  Tensor offsets = Tensor::empty({num_experts + 1}, DType::i64, device);
+  Tensor workspace =
+      int_workspace(kernels::cuda::moe_permute_workspace_ints(n * k, num_experts), device);
+  kernels::cuda::moe_route_forward(l.raw_data(), l.dtype(), b.data<float>(), n, num_experts, k,
+                                   normalize, route.indices.data<int32_t>(),
+                                   weights.data<float>(), compute_stream());
+  kernels::cuda::moe_permute(route.indices.data<int32_t>(), n, k, num_experts,
+                             route.order.data<int32_t>(), offsets.data<int64_t>(),
+                             workspace.data<int32_t>(), compute_stream());
+  // The one device->host copy (synchronous): the MoE layer narrows xs per expert on the host.
+  route.offsets = offsets.to(Device::cpu());
+  route.load = Tensor::empty({num_experts}, DType::i64);
+  const int64_t* bounds = route.offsets.data<int64_t>();
+  int64_t* load = route.load.data<int64_t>();
+  for (int64_t e = 0; e < num_experts; ++e) load[e] = bounds[e + 1] - bounds[e];
+  route.weights = autograd::record(std::make_shared<MoeRouteNode>(l, route.indices, normalize),
+                                   {logits}, weights);
+  return route;
+}
+
+}  // namespace
+#endif
+
 RouteResult moe_route(const autograd::Var& logits, const Tensor& bias, int64_t k, bool normalize) {
   const Tensor& value = logits->value;
   check_dim("moe_route", "logits", value, 2);
   check_floating("moe_route", "logits", value);
-  check_cpu("moe_route", value);
+  check_backend("moe_route", "logits", value);
   const int64_t n = value.size(0), num_experts = value.size(1);
   BRAID_CHECK(bias.defined() && bias.shape() == Shape{num_experts}, "moe_route: bias has shape ",
               bias.defined() ? shape_str(bias.shape()) : "undefined", " but logits ",
               shape_str(value.shape()), " has ", num_experts, " experts");
   check_floating("moe_route", "bias", bias);
-  check_cpu("moe_route", bias);
   BRAID_CHECK(k >= 1 && k <= num_experts, "moe_route: k = ", k,
               " must be in [1, E] with E = ", num_experts, " experts (logits ",
               shape_str(value.shape()), ")");
   BRAID_CHECK(n * k <= std::numeric_limits<int32_t>::max(), "moe_route: ", n, " tokens x k = ", k,
               " slots do not fit the int32 slot ids");
+#ifdef BRAID_CUDA
+  if (value.device().is_cuda()) return cuda_route(logits, bias, k, normalize);
+#endif
+  check_cpu("moe_route", bias);
 
   // The bias (an f32 buffer in training) is compared with the scores in the logits' precision.
   Tensor l = value.contiguous(), b = bias.to(value.dtype());
@@ -139,16 +257,25 @@ RouteResult moe_route(const autograd::Var& logits, const Tensor& bias, int64_t k
 }
 
 autograd::Var moe_gather(const autograd::Var& x, const RouteResult& route) {
-  check_route("moe_gather", route);
   const Tensor& value = x->value;
+  check_route("moe_gather", route, value);
   check_dim("moe_gather", "x", value, 2);
-  check_cpu("moe_gather", value);
+  check_backend("moe_gather", "x", value);
   BRAID_CHECK(value.size(0) == route.indices.size(0), "moe_gather: x has shape ",
               shape_str(value.shape()), " but the route's indices have shape ",
               shape_str(route.indices.shape()), " (token counts differ)");
   const int64_t n = value.size(0), k = route.indices.size(1), d = value.size(1);
   Tensor xc = value.contiguous(), order = route.order.contiguous();
-  Tensor xs = Tensor::empty({n * k, d}, value.dtype());
+  Tensor xs = Tensor::empty({n * k, d}, value.dtype(), value.device());
+#ifdef BRAID_CUDA
+  if (value.device().is_cuda()) {
+    cuda_set_device(value.device().index);
+    kernels::cuda::moe_gather_forward(xc.raw_data(), xc.dtype(), order.data<int32_t>(), n, k, d,
+                                      xs.raw_data(), compute_stream());
+    return autograd::record(std::make_shared<MoeGatherNode>(order, value.shape(), value.dtype(), k),
+                            {x}, xs);
+  }
+#endif
   dispatch_cpu_float("moe_gather", value.dtype(), [&]<typename T>() {
     kernels::cpu::moe_gather_forward<T>(xc.data<T>(), order.data<int32_t>(), n, k, d, xs.data<T>());
   });
@@ -158,18 +285,32 @@ autograd::Var moe_gather(const autograd::Var& x, const RouteResult& route) {
 
 autograd::Var moe_combine(const autograd::Var& ys, const autograd::Var& weights,
                           const RouteResult& route) {
-  check_route("moe_combine", route);
   const Tensor &y = ys->value, &w = weights->value;
+  check_route("moe_combine", route, y);
   check_dim("moe_combine", "ys", y, 2);
   check_same_shape("moe_combine", "weights", w, "route indices", route.indices);
   BRAID_CHECK(y.size(0) == route.indices.numel(), "moe_combine: ys has shape ",
               shape_str(y.shape()), " but the route's indices ", shape_str(route.indices.shape()),
               " give ", route.indices.numel(), " token-slots");
-  check_same_type("moe_combine", "ys", y, "weights", w);
-  check_cpu("moe_combine", y);
+  check_backend("moe_combine", "ys", y);
+  // On CUDA the weights are f32 (moe_route's output) next to f32 or bf16 ys; on the CPU they share
+  // the ys' dtype.
+  if (y.device().is_cuda()) check_param("moe_combine", "weights", w, y);
+  else check_same_type("moe_combine", "ys", y, "weights", w);
   const int64_t n = w.size(0), k = w.size(1), d = y.size(1);
   Tensor yc = y.contiguous(), wc = w.contiguous(), order = route.order.contiguous();
-  Tensor out = Tensor::empty({n, d}, y.dtype());
+  Tensor out = Tensor::empty({n, d}, y.dtype(), y.device());
+#ifdef BRAID_CUDA
+  if (y.device().is_cuda()) {
+    cuda_set_device(y.device().index);
+    Tensor positions =
+        int_workspace(kernels::cuda::moe_positions_workspace_ints(n, k), y.device());
+    kernels::cuda::moe_combine_forward(yc.raw_data(), yc.dtype(), wc.data<float>(),
+                                       order.data<int32_t>(), n, k, d, out.raw_data(),
+                                       positions.data<int32_t>(), compute_stream());
+    return autograd::record(std::make_shared<MoeCombineNode>(yc, wc, order), {ys, weights}, out);
+  }
+#endif
   dispatch_cpu_float("moe_combine", y.dtype(), [&]<typename T>() {
     kernels::cpu::moe_combine_forward<T>(yc.data<T>(), wc.data<T>(), order.data<int32_t>(), n, k, d,
                                          out.data<T>());
@@ -181,10 +322,24 @@ void moe_bias_update(const Tensor& bias, const Tensor& load, double rate) {
   check_dim("moe_bias_update", "bias", bias, 1);
   check_same_shape("moe_bias_update", "bias", bias, "load", load);
   check_dtype("moe_bias_update", "load", load, DType::i64);
-  check_cpu("moe_bias_update", bias);
-  check_cpu("moe_bias_update", load);
   BRAID_CHECK(bias.is_contiguous(), "moe_bias_update: bias ", bias.describe(),
               " must be contiguous (it is updated in place)");
+#ifdef BRAID_CUDA
+  if (bias.device().is_cuda()) {
+    // The load may still be on the host (the MoE layer sums it there) or on the bias' device.
+    check_dtype("moe_bias_update", "bias", bias, DType::f32);
+    BRAID_CHECK(load.device().is_cpu() || load.device() == bias.device(), "moe_bias_update: load ",
+                load.describe(), " must be on the host or on the bias' device (bias ",
+                bias.describe(), ")");
+    cuda_set_device(bias.device().index);
+    Tensor counts = load.to(bias.device()).contiguous();
+    kernels::cuda::moe_bias_update(bias.data<float>(), counts.data<int64_t>(), bias.numel(), rate,
+                                   compute_stream());
+    return;
+  }
+#endif
+  check_cpu("moe_bias_update", bias);
+  check_cpu("moe_bias_update", load);
   Tensor counts = load.contiguous();
   dispatch_cpu_float("moe_bias_update", bias.dtype(), [&]<typename T>() {
     kernels::cpu::moe_bias_update<T>(bias.data<T>(), counts.data<int64_t>(), bias.numel(), rate);

@@ -5,6 +5,12 @@
 #include "layers/ops/checks.h"
 #include "layers/ops/dispatch.h"
 
+#ifdef BRAID_CUDA
+#include "kernels/cuda/rmsnorm.h"
+#include "runtime/cuda_stream.h"
+#include "runtime/device_copy.h"
+#endif
+
 namespace braid::ops {
 
 namespace {
@@ -22,6 +28,9 @@ class RmsnormNode : public autograd::Node {
   const char* name() const override { return fused_add_ ? "add_rmsnorm" : "rmsnorm"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+#ifdef BRAID_CUDA
+    if (input_.device().is_cuda()) return backward_cuda(grad_outputs);
+#endif
     const DType dtype = input_.dtype();
     const Tensor& d_normed_in = grad_outputs[fused_add_ ? 1 : 0];
     Tensor d_normed = d_normed_in.defined() ? d_normed_in.to(dtype).contiguous()
@@ -42,6 +51,32 @@ class RmsnormNode : public autograd::Node {
   }
 
  private:
+#ifdef BRAID_CUDA
+  // The same gradients on the input's device: values in its dtype, gradients and rstd in f32.
+  std::vector<Tensor> backward_cuda(const std::vector<Tensor>& grad_outputs) {
+    const Device device = input_.device();
+    cuda_set_device(device.index);
+    const Tensor& d_normed_in = grad_outputs[fused_add_ ? 1 : 0];
+    Tensor d_normed = d_normed_in.defined() ? d_normed_in.to(DType::f32).contiguous()
+                                            : Tensor::zeros(input_.shape(), DType::f32, device);
+    Tensor d_sum;
+    if (fused_add_ && grad_outputs[0].defined()) d_sum = grad_outputs[0].to(DType::f32).contiguous();
+    Tensor d_input = Tensor::empty(input_.shape(), DType::f32, device),
+           d_weight = Tensor::empty(weight_.shape(), DType::f32, device);
+    const int64_t dim = weight_.numel(), rows = input_.numel() / dim;
+    Tensor workspace = Tensor::empty(
+        {int64_t(kernels::cuda::rmsnorm_workspace_floats(rows, dim, input_.dtype()))}, DType::f32,
+        device);
+    kernels::cuda::rmsnorm_backward(input_.raw_data(), weight_.data<float>(), rstd_.data<float>(),
+                                    d_normed.data<float>(),
+                                    d_sum.defined() ? d_sum.data<float>() : nullptr,
+                                    d_input.data<float>(), d_weight.data<float>(), rows, dim,
+                                    input_.dtype(), workspace.data<float>(), compute_stream());
+    if (fused_add_) return {d_input, d_input, d_weight};
+    return {d_input, d_weight};
+  }
+#endif
+
   Tensor input_, weight_, rstd_;
   bool fused_add_;
 };
@@ -52,8 +87,8 @@ void check_rmsnorm_args(const char* op, const Tensor& x, const Tensor& weight, d
               op, ": x has shape ", shape_str(x.shape()), " but weight has shape ",
               shape_str(weight.shape()),
               ": weight must be one non-empty vector as long as x's last dimension");
-  check_same_type(op, "x", x, "weight", weight);
-  check_cpu(op, x);
+  check_backend(op, "x", x);
+  check_param(op, "weight", weight, x);
   BRAID_CHECK(eps > 0, op, ": eps must be positive, got ", eps);
 }
 
@@ -63,6 +98,19 @@ autograd::Var rmsnorm(const autograd::Var& x, const autograd::Var& weight, doubl
   check_rmsnorm_args("rmsnorm", x->value, weight->value, eps);
   Tensor x_value = x->value.contiguous(), w_value = weight->value.contiguous();
   const int64_t dim = w_value.numel(), rows = x_value.numel() / dim;
+#ifdef BRAID_CUDA
+  if (x_value.device().is_cuda()) {
+    const Device device = x_value.device();
+    cuda_set_device(device.index);
+    Tensor y = Tensor::empty(x_value.shape(), x_value.dtype(), device),
+           rstd = Tensor::empty({rows}, DType::f32, device);
+    kernels::cuda::rmsnorm_forward(x_value.raw_data(), w_value.data<float>(), y.raw_data(),
+                                   rstd.data<float>(), rows, dim, float(eps), x_value.dtype(),
+                                   compute_stream());
+    return autograd::record(std::make_shared<RmsnormNode>(x_value, w_value, rstd, false),
+                            {x, weight}, y);
+  }
+#endif
   Tensor y = Tensor::empty(x_value.shape(), x_value.dtype()),
          rstd = Tensor::empty({rows}, x_value.dtype());
   dispatch_cpu_float("rmsnorm", x_value.dtype(), [&]<typename T>() {
@@ -82,6 +130,22 @@ AddRmsnormResult add_rmsnorm(const autograd::Var& x, const autograd::Var& residu
   Tensor w_value = weight->value.contiguous();
   const int64_t dim = w_value.numel(), rows = x_value.numel() / dim;
   const DType dtype = x_value.dtype();
+#ifdef BRAID_CUDA
+  if (x_value.device().is_cuda()) {
+    const Device device = x_value.device();
+    cuda_set_device(device.index);
+    Tensor sum = Tensor::empty(x_value.shape(), dtype, device),
+           y = Tensor::empty(x_value.shape(), dtype, device);
+    Tensor rstd = Tensor::empty({rows}, DType::f32, device);
+    kernels::cuda::add_rmsnorm_forward(x_value.raw_data(), r_value.raw_data(),
+                                       w_value.data<float>(), sum.raw_data(), y.raw_data(),
+                                       rstd.data<float>(), rows, dim, float(eps), dtype,
+                                       compute_stream());
+    std::vector<autograd::Var> outputs = autograd::record(
+        std::make_shared<RmsnormNode>(sum, w_value, rstd, true), {x, residual, weight}, {sum, y});
+    return {outputs[0], outputs[1]};
+  }
+#endif
   Tensor sum = Tensor::empty(x_value.shape(), dtype), y = Tensor::empty(x_value.shape(), dtype);
   Tensor rstd = Tensor::empty({rows}, dtype);
   dispatch_cpu_float("add_rmsnorm", dtype, [&]<typename T>() {

@@ -8,19 +8,38 @@
 #include "layers/ops/checks.h"
 #include "layers/ops/dispatch.h"
 
+#ifdef BRAID_CUDA
+#include "kernels/cuda/rope.h"
+#include "runtime/cuda_stream.h"
+#include "runtime/device_copy.h"
+#endif
+
 namespace braid::ops {
 
 namespace {
 
 class RopeNode : public autograd::Node {
  public:
-  RopeNode(Shape shape, DType dtype, std::vector<double> inverse_frequencies,
+  RopeNode(Shape shape, DType dtype, Device device, std::vector<double> inverse_frequencies,
            int64_t position_offset)
-      : shape_(std::move(shape)), dtype_(dtype),
+      : shape_(std::move(shape)), dtype_(dtype), device_(device),
         inverse_frequencies_(std::move(inverse_frequencies)), position_offset_(position_offset) {}
   const char* name() const override { return "rope"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+#ifdef BRAID_CUDA
+    if (device_.is_cuda()) {
+      // Gradients are f32 whatever the activation dtype (DESIGN.md "Precision").
+      if (!grad_outputs[0].defined()) return {Tensor::zeros(shape_, DType::f32, device_)};
+      Tensor d_out = grad_outputs[0].to(DType::f32).contiguous();
+      Tensor d_x = Tensor::empty(shape_, DType::f32, device_);
+      cuda_set_device(device_.index);
+      kernels::cuda::rope_backward(d_out.data<float>(), d_x.data<float>(),
+                                   inverse_frequencies_.data(), shape_[0], shape_[1], shape_[2],
+                                   shape_[3], position_offset_, compute_stream());
+      return {d_x};
+    }
+#endif
     if (!grad_outputs[0].defined()) return {Tensor::zeros(shape_, dtype_)};
     Tensor d_out = grad_outputs[0].to(dtype_).contiguous();
     Tensor d_x = Tensor::empty(shape_, dtype_);
@@ -34,6 +53,7 @@ class RopeNode : public autograd::Node {
  private:
   Shape shape_;
   DType dtype_;
+  Device device_;
   std::vector<double> inverse_frequencies_;
   int64_t position_offset_;
 };
@@ -75,21 +95,32 @@ std::vector<double> rope_inverse_frequencies(const RopeConfig& config, int64_t h
 autograd::Var rope(const autograd::Var& x, const RopeConfig& config, int64_t position_offset) {
   check_dim("rope", "x (B, T, H, D)", x->value, 4);
   check_floating("rope", "x", x->value);
-  check_cpu("rope", x->value);
+  check_backend("rope", "x", x->value);
   BRAID_CHECK(x->value.size(3) % 2 == 0, "rope: head dim must be even, got x of shape ",
               shape_str(x->value.shape()));
   BRAID_CHECK(position_offset >= 0, "rope: position_offset must be >= 0, got ", position_offset);
   Tensor xc = x->value.contiguous();
   const Shape& shape = xc.shape();
   std::vector<double> frequencies = rope_inverse_frequencies(config, shape[3]);
-  Tensor out = Tensor::empty(shape, xc.dtype());
-  dispatch_cpu_float("rope", xc.dtype(), [&]<typename T>() {
-    kernels::cpu::rope_forward<T>(xc.data<T>(), out.data<T>(), frequencies.data(), shape[0],
-                                  shape[1], shape[2], shape[3], position_offset);
-  });
+  Tensor out = Tensor::empty(shape, xc.dtype(), xc.device());
+  if (xc.device().is_cuda()) {
+    // (Reached only in CUDA builds: check_backend refuses CUDA tensors elsewhere.)
+#ifdef BRAID_CUDA
+    cuda_set_device(xc.device().index);
+    kernels::cuda::rope_forward(xc.raw_data(), out.raw_data(), frequencies.data(), shape[0],
+                                shape[1], shape[2], shape[3], position_offset, xc.dtype(),
+                                compute_stream());
+#endif
+  } else {
+    dispatch_cpu_float("rope", xc.dtype(), [&]<typename T>() {
+      kernels::cpu::rope_forward<T>(xc.data<T>(), out.data<T>(), frequencies.data(), shape[0],
+                                    shape[1], shape[2], shape[3], position_offset);
+    });
+  }
   return autograd::record(
-      std::make_shared<RopeNode>(shape, xc.dtype(), std::move(frequencies), position_offset), {x},
-      out);
+      std::make_shared<RopeNode>(shape, xc.dtype(), xc.device(), std::move(frequencies),
+                                 position_offset),
+      {x}, out);
 }
 
 }  // namespace braid::ops

@@ -7,6 +7,14 @@
 #include "layers/ops/checks.h"
 #include "layers/ops/dispatch.h"
 
+#ifdef BRAID_CUDA
+#include <cstdint>
+
+#include "kernels/cuda/ssd.h"
+#include "runtime/cuda_stream.h"
+#include "runtime/device_copy.h"
+#endif
+
 namespace braid::ops {
 
 namespace {
@@ -24,12 +32,49 @@ struct SsdTensors {
   }
 };
 
+#ifdef BRAID_CUDA
+kernels::cuda::SsdProblem cuda_problem(const SsdProblem& p) {
+  kernels::cuda::SsdProblem q;
+  q.batch = p.batch;
+  q.seq = p.seq;
+  q.heads = p.heads;
+  q.head_dim = p.head_dim;
+  q.groups = p.groups;
+  q.state = p.state;
+  q.chunk = p.chunk;
+  q.dt_min = p.dt_min;
+  q.dt_max = p.dt_max;
+  return q;
+}
+
+// The CUDA kernels read rows with 16-byte vector loads: a contiguous view that starts off a
+// 16-byte boundary is copied.
+Tensor aligned(const Tensor& t) {
+  if (!t.defined() || reinterpret_cast<uintptr_t>(t.raw_data()) % 16 == 0) return t;
+  return t.clone();
+}
+
+kernels::cuda::SsdInputs cuda_inputs(const SsdTensors& in) {
+  return {in.x.raw_data(),          in.dt_raw.raw_data(),     in.dt_bias.data<float>(),
+          in.A_log.data<float>(),   in.B.raw_data(),          in.C.raw_data(),
+          in.D.data<float>(),
+          in.initial_state.defined() ? in.initial_state.data<float>() : nullptr};
+}
+
+Tensor cuda_workspace(size_t floats, Device device) {
+  return Tensor::empty({int64_t(floats)}, DType::f32, device);
+}
+#endif
+
 class SsdNode : public autograd::Node {
  public:
   SsdNode(SsdTensors inputs, SsdProblem problem) : in_(std::move(inputs)), problem_(problem) {}
   const char* name() const override { return "ssd"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+#ifdef BRAID_CUDA
+    if (in_.x.device().is_cuda()) return backward_cuda(grad_outputs);
+#endif
     const DType dtype = in_.x.dtype();
     // An output that got no gradient contributes zeros.
     Tensor dy = grad_outputs[0].defined() ? grad_outputs[0].to(dtype).contiguous()
@@ -53,6 +98,38 @@ class SsdNode : public autograd::Node {
   }
 
  private:
+#ifdef BRAID_CUDA
+  // Activations f32 or bf16, everything else f32; every gradient f32 (autograd::grad_dtype).
+  std::vector<Tensor> backward_cuda(const std::vector<Tensor>& grad_outputs) const {
+    const Device device = in_.x.device();
+    cuda_set_device(device.index);
+    const kernels::cuda::SsdProblem problem = cuda_problem(problem_);
+    Tensor dy = grad_outputs[0].defined()
+                    ? aligned(grad_outputs[0].to(DType::f32).contiguous())
+                    : Tensor::zeros(in_.x.shape(), DType::f32, device);
+    Tensor d_final = grad_outputs[1].defined()
+                         ? aligned(grad_outputs[1].to(DType::f32).contiguous())
+                         : Tensor();
+    auto like = [&](const Tensor& value) {
+      return value.defined() ? Tensor::empty(value.shape(), DType::f32, device) : Tensor();
+    };
+    SsdTensors grads{like(in_.x), like(in_.dt_raw), like(in_.dt_bias), like(in_.A_log),
+                     like(in_.B), like(in_.C),      like(in_.D),       like(in_.initial_state)};
+    Tensor workspace = cuda_workspace(
+        kernels::cuda::ssd_backward_workspace_floats(problem, in_.x.dtype()), device);
+    const kernels::cuda::SsdGrads out{
+        grads.x.data<float>(),     grads.dt_raw.data<float>(), grads.dt_bias.data<float>(),
+        grads.A_log.data<float>(), grads.B.data<float>(),      grads.C.data<float>(),
+        grads.D.data<float>(),
+        grads.initial_state.defined() ? grads.initial_state.data<float>() : nullptr};
+    kernels::cuda::ssd_backward(problem, cuda_inputs(in_), dy.data<float>(),
+                                d_final.defined() ? d_final.data<float>() : nullptr, out,
+                                workspace.data<float>(), in_.x.dtype(), compute_stream());
+    return {grads.x, grads.dt_raw, grads.dt_bias, grads.A_log,
+            grads.B, grads.C,      grads.D,       grads.initial_state};
+  }
+#endif
+
   SsdTensors in_;
   SsdProblem problem_;
 };
@@ -80,9 +157,16 @@ SsdOutputs ssd(const autograd::Var& x, const autograd::Var& dt_raw, const autogr
   const Tensor& xv = x->value;
   check_dim(op, "x", xv, 4);
   check_floating(op, "x", xv);
-  check_cpu(op, xv);
-  for (const auto& [what, var] : required) check_same_type(op, "x", xv, what, (*var)->value);
-  if (initial_state) check_same_type(op, "x", xv, "initial_state", initial_state->value);
+  check_backend(op, "x", xv);
+  // Activations share x's dtype and device; parameters and the initial state are f32 next to bf16
+  // activations (fp32 master weights, fp32 states), else x's dtype.
+  const std::pair<const char*, const autograd::Var*> activations[] = {
+      {"dt_raw", &dt_raw}, {"B", &B}, {"C", &C}};
+  for (const auto& [what, var] : activations) check_same_type(op, "x", xv, what, (*var)->value);
+  const std::pair<const char*, const autograd::Var*> parameters[] = {
+      {"dt_bias", &dt_bias}, {"A_log", &A_log}, {"D", &D}};
+  for (const auto& [what, var] : parameters) check_param(op, what, (*var)->value, xv);
+  if (initial_state) check_param(op, "initial_state", initial_state->value, xv);
 
   const int64_t batch = xv.size(0), seq = xv.size(1), heads = xv.size(2), head_dim = xv.size(3);
   check_dim(op, "B", B->value, 4);
@@ -114,6 +198,23 @@ SsdOutputs ssd(const autograd::Var& x, const autograd::Var& dt_raw, const autogr
                 initial_state ? initial_state->value.contiguous() : Tensor()};
   const SsdProblem problem{batch, seq, heads, head_dim, groups, state,
                            options.chunk, options.dt_min, options.dt_max};
+#ifdef BRAID_CUDA
+  if (xv.device().is_cuda()) {
+    cuda_set_device(xv.device().index);
+    const kernels::cuda::SsdProblem cp = cuda_problem(problem);
+    kernels::cuda::ssd_check_problem(cp);  // e.g. a chunk that is not a multiple of 16
+    for (Tensor* t : {&in.x, &in.B, &in.C, &in.initial_state}) *t = aligned(*t);
+    Tensor y = Tensor::empty(xv.shape(), xv.dtype(), xv.device());
+    Tensor final_state = Tensor::empty({batch, heads, head_dim, state}, DType::f32, xv.device());
+    Tensor workspace = cuda_workspace(kernels::cuda::ssd_forward_workspace_floats(cp), xv.device());
+    kernels::cuda::ssd_forward(cp, cuda_inputs(in), y.raw_data(), final_state.data<float>(),
+                               workspace.data<float>(), xv.dtype(), compute_stream());
+    std::vector<autograd::Var> outputs =
+        autograd::record(std::make_shared<SsdNode>(std::move(in), problem),
+                         {x, dt_raw, dt_bias, A_log, B, C, D, initial_state}, {y, final_state});
+    return {outputs[0], outputs[1]};
+  }
+#endif
   Tensor y = Tensor::empty(xv.shape(), xv.dtype());
   Tensor final_state = Tensor::empty({batch, heads, head_dim, state}, xv.dtype());
   dispatch_cpu_float(op, xv.dtype(), [&]<typename T>() {

@@ -62,6 +62,23 @@ TEST(Tape, ChainRuleThroughTwoNodes) {
   EXPECT_EQ(autograd::tape_size(), 0u);
 }
 
+TEST(Tape, BackwardRunsOnlyTheGraphOfItsRoots) {
+  // Two graphs recorded side by side: backward of one leaves the other on the tape, intact.
+  autograd::clear_tape();
+  Tensor a = random_normal({4}, 7), b = random_normal({4}, 8), seed = random_normal({4}, 9);
+  Var first_a = leaf(a, true), first_b = leaf(b, true);
+  Var second_a = leaf(a, true), second_b = leaf(b, true);
+  Var first = ops::swiglu(first_a, first_b);
+  Var second = ops::swiglu(second_a, second_b);
+  autograd::backward({first}, {seed});
+  EXPECT_EQ(autograd::tape_size(), 1u);
+  EXPECT_FALSE(second_a->grad.defined());
+  autograd::backward({second}, {seed});
+  EXPECT_EQ(autograd::tape_size(), 0u);
+  EXPECT_TRUE(all_close(second_a->grad, first_a->grad.to_doubles(), 0, 0));
+  EXPECT_TRUE(all_close(second_b->grad, first_b->grad.to_doubles(), 0, 0));
+}
+
 TEST(Tape, GradientsAccumulateAcrossMicroBatches) {
   Var w = leaf(random_normal({4}, 7), true);
   Tensor x1 = random_normal({4}, 8), x2 = random_normal({4}, 9), seed = random_normal({4}, 10);

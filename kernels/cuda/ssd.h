@@ -1,0 +1,69 @@
+// Mamba-2 SSD scan on CUDA, forward and backward, with the contract of kernels/cpu/ssd.h (MODEL.md
+// section 3, KERNELS.md sections 2-4). x (Bt, T, H, P), dt_raw (Bt, T, H), B, C (Bt, T, G, N) in
+// `dtype` (f32 or bf16); dt_bias, A_log, D (H), states (Bt, H, P, N), dy and all gradients f32.
+// Strategy: chunk cumsums, chunk states, a state-passing sweep, then one 4-warp CTA per (chunk,
+// 64-row tile) walking the paired tiles FlashAttention-style with C·B recomputed in registers
+// (mma.sync m16n8k16 bf16, fp32 accumulation; the f32 path runs the same fragments on SIMT FMAs).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "runtime/dtype.h"
+
+namespace braid::kernels::cuda {
+
+struct SsdProblem {
+  int64_t batch = 0, seq = 0, heads = 0, head_dim = 0, groups = 0, state = 0;  // Bt, T, H, P, G, N
+  int64_t chunk = 64;  // Q: a multiple of 16 in [16, 256]; the last chunk is short when Q ∤ T
+  double dt_min = 0;   // delta is clamped to [dt_min, dt_max]
+  double dt_max = __builtin_huge_val();  // +inf: no upper clamp
+};
+
+struct SsdInputs {
+  const void* x;               // (Bt, T, H, P), dtype
+  const void* dt_raw;          // (Bt, T, H), dtype
+  const float* dt_bias;        // (H)
+  const float* A_log;          // (H)
+  const void* B;               // (Bt, T, G, N), dtype
+  const void* C;               // (Bt, T, G, N), dtype
+  const float* D;              // (H)
+  const float* initial_state;  // (Bt, H, P, N) or nullptr (zeros)
+};
+
+// Every pointer is written in full (no accumulation); initial_state may be nullptr (not wanted).
+struct SsdGrads {
+  float* x;
+  float* dt_raw;
+  float* dt_bias;
+  float* A_log;
+  float* B;
+  float* C;
+  float* D;
+  float* initial_state;
+};
+
+// Raises braid::Error unless the CUDA kernels take this problem: chunk a multiple of 16 in
+// [16, 256], head_dim and state multiples of 16 in [16, 256], groups dividing heads, batch·heads
+// and the number of chunks at most 65535. (The f32 path also needs its tiles to fit in shared
+// memory: up to P = N = 192 for the backward; the launch names the kernel otherwise.)
+void ssd_check_problem(const SsdProblem& problem);
+
+// Scratch the caller allocates (f32, on the device) for one call; 16-byte aligned.
+size_t ssd_forward_workspace_floats(const SsdProblem& problem);
+size_t ssd_backward_workspace_floats(const SsdProblem& problem, DType dtype);
+
+// y (Bt, T, H, P) in dtype and final_state (Bt, H, P, N) f32.
+void ssd_forward(const SsdProblem& problem, const SsdInputs& in, void* y, float* final_state,
+                 float* workspace, DType dtype, cudaStream_t stream);
+
+// dy (Bt, T, H, P) f32 is required; d_final_state (Bt, H, P, N) f32 may be nullptr (zero). The
+// backward recomputes delta, the cumsums and the chunk states from the inputs. Parameter
+// gradients are reduced in a fixed order (per-chunk partials, then one pass per head): results
+// are bitwise reproducible. No atomics.
+void ssd_backward(const SsdProblem& problem, const SsdInputs& in, const float* dy,
+                  const float* d_final_state, const SsdGrads& grads, float* workspace, DType dtype,
+                  cudaStream_t stream);
+
+}  // namespace braid::kernels::cuda

@@ -1,0 +1,22 @@
+// SwiGLU gate h = SiLU(gate) * up, elementwise, the CUDA twin of kernels/cpu/swiglu.h (MODEL.md
+// section 1). gate, up, out: n activations in `dtype` (f32 or bf16); gradients f32.
+// Strategy: grid-stride loop, each thread handling a few independent 16-byte vectors per step
+// (scalar accesses when a pointer is not 16-byte aligned, and for the n % width tail).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "runtime/dtype.h"
+
+namespace braid::kernels::cuda {
+
+void swiglu_forward(const void* gate, const void* up, void* out, int64_t n, DType dtype,
+                    cudaStream_t stream);
+
+// d_gate = d_out * up * SiLU'(gate);  d_up = d_out * SiLU(gate). d_out, d_gate, d_up f32.
+void swiglu_backward(const void* gate, const void* up, const float* d_out, float* d_gate,
+                     float* d_up, int64_t n, DType dtype, cudaStream_t stream);
+
+}  // namespace braid::kernels::cuda
