@@ -20,8 +20,11 @@
 #include "runtime/device.h"
 #include "runtime/rng.h"
 #include "runtime/tensor.h"
+#include "tools/bench_timer.h"
 
 namespace {
+
+using braid::bench::time_ms;
 
 using namespace braid;
 
@@ -33,23 +36,6 @@ const BenchShape kShapes[] = {
     {2, 8192, 16, 128}, {4, 4096, 16, 128}, {8, 2048, 16, 128},
     {2, 8192, 32, 64},  {4, 4096, 32, 64},  {8, 2048, 32, 64},
 };
-
-// Average milliseconds of `run` over `repeats` calls after `warmup` calls, by CUDA events.
-double time_ms(const std::function<void()>& run, int warmup, int repeats) {
-  for (int i = 0; i < warmup; ++i) run();
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  CUDA_CHECK(cudaEventRecord(start));
-  for (int i = 0; i < repeats; ++i) run();
-  CUDA_CHECK(cudaEventRecord(stop));
-  CUDA_CHECK(cudaEventSynchronize(stop));
-  float milliseconds = 0;
-  CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  return double(milliseconds) / repeats;
-}
 
 // Host f32 copy of a device tensor.
 std::vector<float> host_floats(const Tensor& tensor) {
@@ -160,14 +146,14 @@ int main() {
       const double forward_flops =
           2.0 * double(s.batch) * double(s.heads) * double(s.time) * double(s.time) * double(s.dim);
       const int repeats = s.time >= 8192 ? 10 : 20;
-      const double forward_ms = time_ms([&] { bf16.forward(); }, 3, repeats);
-      const double backward_ms = time_ms([&] { bf16.backward(); }, 3, repeats);
+      const double forward_ms = time_ms([&] { bf16.forward(); }, repeats);
+      const double backward_ms = time_ms([&] { bf16.backward(); }, repeats);
       const double both_ms = time_ms(
           [&] {
             bf16.forward();
             bf16.backward();
           },
-          2, repeats);
+          repeats, 2);
       struct Row {
         const char* bench;
         double ms, flops;

@@ -17,27 +17,13 @@
 #include "layers/ops/rope.h"
 #include "runtime/cuda_check.h"
 #include "runtime/rng.h"
+#include "tools/bench_timer.h"
 
 namespace {
 
-using namespace braid;
+using braid::bench::time_ms;
 
-// Mean milliseconds of `run` over `repeats` calls after a warm-up.
-double time_ms(const std::function<void()>& run, int repeats = 20) {
-  for (int i = 0; i < 3; ++i) run();
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  CUDA_CHECK(cudaEventRecord(start));
-  for (int i = 0; i < repeats; ++i) run();
-  CUDA_CHECK(cudaEventRecord(stop));
-  CUDA_CHECK(cudaEventSynchronize(stop));
-  float milliseconds = 0;
-  CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  return double(milliseconds) / repeats;
-}
+using namespace braid;
 
 void report(const char* card, const std::string& bench, const std::string& shape, double ms,
             double bytes) {

@@ -19,30 +19,13 @@
 #include "runtime/cuda_check.h"
 #include "runtime/rng.h"
 #include "train/optimizer.h"
+#include "tools/bench_timer.h"
 
 namespace {
 
-using namespace braid;
+using braid::bench::time_ms;
 
-// Milliseconds per call of `run`: a few warm-up calls (plans, allocator pools), then `repeats`
-// calls between two events.
-template <typename Run>
-double time_ms(Run&& run, int warmup, int repeats) {
-  for (int i = 0; i < warmup; ++i) run();
-  CUDA_CHECK(cudaDeviceSynchronize());
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  CUDA_CHECK(cudaEventRecord(start));
-  for (int i = 0; i < repeats; ++i) run();
-  CUDA_CHECK(cudaEventRecord(stop));
-  CUDA_CHECK(cudaEventSynchronize(stop));
-  float milliseconds = 0;
-  CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  return double(milliseconds) / repeats;
-}
+using namespace braid;
 
 void print(const char* card, const char* bench, const std::string& shape, double ms,
            const char* rate_name, double rate) {
@@ -84,7 +67,7 @@ int main() {
             h->grad = Tensor();
             w->grad = Tensor();
           },
-          2, 10);
+          10, 2);
       print(properties.name, "lm_head_cross_entropy fwd+bwd", shape, fused_ms, "tflops",
             3 * gemm_flops / (fused_ms * 1e-3) / 1e12);
 
@@ -93,7 +76,7 @@ int main() {
             autograd::NoGradScope no_grad;
             ops::lm_head_cross_entropy(h, w, t);
           },
-          2, 10);
+          10, 2);
       print(properties.name, "lm_head_cross_entropy fwd (no grad)", shape, forward_ms, "tflops",
             gemm_flops / (forward_ms * 1e-3) / 1e12);
 
@@ -105,7 +88,7 @@ int main() {
             h->grad = Tensor();
             w->grad = Tensor();
           },
-          2, 10);
+          10, 2);
       print(properties.name, "linear + cross_entropy fwd+bwd (unfused)", shape, unfused_ms,
             "tflops", 3 * gemm_flops / (unfused_ms * 1e-3) / 1e12);
     }
@@ -124,10 +107,10 @@ int main() {
       }
       AdamW optimizer(parameters, AdamWConfig{});
       const std::string shape = str(count, " f32 parameters in ", tensors, " tensors");
-      const double step_ms = time_ms([&] { optimizer.step(1e-4); }, 3, 20);
+      const double step_ms = time_ms([&] { optimizer.step(1e-4); }, 20);
       print(properties.name, "adamw step (fused)", shape, step_ms, "gbps",
             double(count) * 4 * 7 / (step_ms * 1e-3) / 1e9);
-      const double norm_ms = time_ms([&] { optimizer.grad_norm(); }, 3, 20);
+      const double norm_ms = time_ms([&] { optimizer.grad_norm(); }, 20);
       print(properties.name, "grad_norm", shape, norm_ms, "gbps",
             double(count) * 4 / (norm_ms * 1e-3) / 1e9);
     }

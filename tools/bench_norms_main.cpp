@@ -17,29 +17,13 @@
 #include "runtime/cuda_check.h"
 #include "runtime/rng.h"
 #include "runtime/tensor.h"
+#include "tools/bench_timer.h"
 
 namespace {
 
-using namespace braid;
+using braid::bench::time_ms;
 
-struct Timer {
-  cudaEvent_t start, stop;
-  Timer() {
-    CUDA_CHECK(cudaEventCreate(&start));
-    CUDA_CHECK(cudaEventCreate(&stop));
-  }
-  // Mean milliseconds per call of `run`, after a warm-up.
-  double ms(const std::function<void()>& run, int repeats = 20) const {
-    for (int i = 0; i < 3; ++i) run();
-    CUDA_CHECK(cudaEventRecord(start));
-    for (int i = 0; i < repeats; ++i) run();
-    CUDA_CHECK(cudaEventRecord(stop));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    float milliseconds = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
-    return double(milliseconds) / repeats;
-  }
-};
+using namespace braid;
 
 double report(const char* card, const char* bench, const std::string& shape, double ms,
               double bytes, double copy_gbps) {
@@ -68,7 +52,6 @@ int main() {
     cudaDeviceProp properties{};
     CUDA_CHECK(cudaGetDeviceProperties(&properties, 0));
     const char* card = properties.name;
-    const Timer timer;
     cudaStream_t stream = nullptr;
 
     // The reference: a 1 GiB device-to-device copy reads and writes 1 GiB each.
@@ -77,7 +60,7 @@ int main() {
       const size_t bytes = size_t(1) << 30;
       Tensor source = empty({int64_t(bytes / 4)}, DType::f32), target = empty({int64_t(bytes / 4)}, DType::f32);
       CUDA_CHECK(cudaMemset(source.raw_data(), 1, bytes));
-      const double ms = timer.ms([&] {
+      const double ms = time_ms([&] {
         CUDA_CHECK(cudaMemcpyAsync(target.raw_data(), source.raw_data(), bytes,
                                    cudaMemcpyDeviceToDevice, stream));
       });
@@ -101,12 +84,12 @@ int main() {
       const float eps = 1e-5f;
 
       // rmsnorm: read x, write y (bf16); backward: read x (bf16), d_y, write d_x (f32).
-      double ms = timer.ms([&] {
+      double ms = time_ms([&] {
         kernels::cuda::rmsnorm_forward(x.raw_data(), weight.data<float>(), y.raw_data(),
                                        rstd.data<float>(), rows, dim, eps, bf16, stream);
       });
       report(card, "rmsnorm_fwd", shape, ms, n * (2 + 2) + params + stats, copy_gbps);
-      ms = timer.ms([&] {
+      ms = time_ms([&] {
         kernels::cuda::rmsnorm_backward(x.raw_data(), weight.data<float>(), rstd.data<float>(),
                                         d_out.data<float>(), nullptr, d_x.data<float>(),
                                         d_weight.data<float>(), rows, dim, bf16,
@@ -115,13 +98,13 @@ int main() {
       report(card, "rmsnorm_bwd", shape, ms, n * (2 + 4 + 4) + 2 * params + stats, copy_gbps);
 
       // add_rmsnorm: read x, residual, write sum, y; backward adds the read of d_sum.
-      ms = timer.ms([&] {
+      ms = time_ms([&] {
         kernels::cuda::add_rmsnorm_forward(x.raw_data(), residual.raw_data(), weight.data<float>(),
                                            sum.raw_data(), y.raw_data(), rstd.data<float>(), rows,
                                            dim, eps, bf16, stream);
       });
       report(card, "add_rmsnorm_fwd", shape, ms, n * (2 + 2 + 2 + 2) + params + stats, copy_gbps);
-      ms = timer.ms([&] {
+      ms = time_ms([&] {
         kernels::cuda::rmsnorm_backward(sum.raw_data(), weight.data<float>(), rstd.data<float>(),
                                         d_out.data<float>(), d_direct.data<float>(),
                                         d_x.data<float>(), d_weight.data<float>(), rows, dim, bf16,
@@ -130,13 +113,13 @@ int main() {
       report(card, "add_rmsnorm_bwd", shape, ms, n * (2 + 4 + 4 + 4) + 2 * params + stats, copy_gbps);
 
       // gated_rmsnorm, one group: read y, z, write out; backward: read y, z, d_out, write d_y, d_z.
-      ms = timer.ms([&] {
+      ms = time_ms([&] {
         kernels::cuda::gated_rmsnorm_forward(x.raw_data(), residual.raw_data(), weight.data<float>(),
                                              y.raw_data(), rstd.data<float>(), rows, 1, dim, eps,
                                              bf16, stream);
       });
       report(card, "gated_rmsnorm_fwd", shape, ms, n * (2 + 2 + 2) + params + stats, copy_gbps);
-      ms = timer.ms([&] {
+      ms = time_ms([&] {
         kernels::cuda::gated_rmsnorm_backward(x.raw_data(), residual.raw_data(), weight.data<float>(),
                                               rstd.data<float>(), d_out.data<float>(),
                                               d_x.data<float>(), d_z.data<float>(),
@@ -156,12 +139,12 @@ int main() {
       Tensor gate = normal({count}, bf16, 10), up = normal({count}, bf16, 11);
       Tensor d_out = normal({count}, f32, 12);
       Tensor out = empty({count}, bf16), d_gate = empty({count}, f32), d_up = empty({count}, f32);
-      double ms = timer.ms([&] {
+      double ms = time_ms([&] {
         kernels::cuda::swiglu_forward(gate.raw_data(), up.raw_data(), out.raw_data(), count, bf16,
                                       stream);
       });
       report(card, "swiglu_fwd", shape, ms, n * (2 + 2 + 2), copy_gbps);
-      ms = timer.ms([&] {
+      ms = time_ms([&] {
         kernels::cuda::swiglu_backward(gate.raw_data(), up.raw_data(), d_out.data<float>(),
                                        d_gate.data<float>(), d_up.data<float>(), count, bf16,
                                        stream);

@@ -20,8 +20,11 @@
 #include "runtime/device.h"
 #include "runtime/rng.h"
 #include "runtime/tensor.h"
+#include "tools/bench_timer.h"
 
 namespace {
+
+using braid::bench::time_ms;
 
 using namespace braid;
 namespace kc = braid::kernels::cuda;
@@ -145,23 +148,6 @@ double worst_error(const Tensor& got, const Tensor& want) {
     if (!(error <= worst)) worst = error;  // NaN sticks
   }
   return worst;
-}
-
-template <typename Body>
-double time_ms(Body&& body, int repeats) {
-  for (int i = 0; i < 3; ++i) body();  // warm-up
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
-  CUDA_CHECK(cudaEventRecord(start));
-  for (int i = 0; i < repeats; ++i) body();
-  CUDA_CHECK(cudaEventRecord(stop));
-  CUDA_CHECK(cudaEventSynchronize(stop));
-  float milliseconds = 0;
-  CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
-  return double(milliseconds) / repeats;
 }
 
 }  // namespace
