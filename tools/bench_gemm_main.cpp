@@ -9,6 +9,7 @@
 #include "kernels/cuda/gemm.h"
 #include "runtime/cuda_check.h"
 #include "runtime/rng.h"
+#include "tools/bench_timer.h"
 
 namespace {
 
@@ -35,9 +36,6 @@ int main() {
     BRAID_CHECK(cuda_available(), "bench_gemm needs a CUDA device");
     cudaDeviceProp properties{};
     CUDA_CHECK(cudaGetDeviceProperties(&properties, 0));
-    cudaEvent_t start, stop;
-    CUDA_CHECK(cudaEventCreate(&start));
-    CUDA_CHECK(cudaEventCreate(&stop));
     for (const BenchShape& shape : kShapes) {
       Tensor x = Tensor::empty({shape.tokens, shape.in_features}, DType::bf16, Device::cuda(0));
       Tensor w = Tensor::empty({shape.out_features, shape.in_features}, DType::bf16, Device::cuda(0));
@@ -49,15 +47,7 @@ int main() {
                             shape.in_features, w.raw_data(), shape.in_features, 0.0f, y.raw_data(),
                             shape.out_features, DType::bf16);
       };
-      for (int i = 0; i < 5; ++i) run();  // warm-up and plan creation
-      const int repeats = 50;
-      CUDA_CHECK(cudaEventRecord(start));
-      for (int i = 0; i < repeats; ++i) run();
-      CUDA_CHECK(cudaEventRecord(stop));
-      CUDA_CHECK(cudaEventSynchronize(stop));
-      float milliseconds = 0;
-      CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
-      const double seconds = milliseconds / 1e3 / repeats;
+      const double seconds = bench::time_ms(run, /*repeats=*/50, /*warmup=*/5) / 1e3;
       const double flops = 2.0 * double(shape.tokens) * double(shape.in_features) * double(shape.out_features);
       std::printf("{\"engine\": \"braid cuBLASLt\", \"card\": \"%s\", \"shape\": \"%s\", \"M\": %ld, \"N\": %ld, "
                   "\"K\": %ld, \"ms\": %.4f, \"tflops\": %.1f}\n",
