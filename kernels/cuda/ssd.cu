@@ -1,7 +1,7 @@
 // Mamba-2 SSD scan on CUDA (see ssd.h). Kernel order, KERNELS.md sections 3.2 and 4.1:
 //
 //   forward:  stats -> chunk_state -> state_pass -> chunk_scan (y)
-//   backward: stats -> chunk_state -> state_pass (S_in, recomputed) -> [dy to bf16] ->
+//   backward: stats -> chunk_state -> state_pass (S_in, recomputed) -> [dy to bf16 hi + lo] ->
 //             chunk_state on (dy, C) (dS_out) -> state_pass_back (dSloc, dLambda partials, dS_init)
 //             -> chunk_dx (dx, direct d delta, dD partials) -> chunk_db (dB, eta, Gamma column
 //             sums) -> chunk_dc (dC, kappa, Gamma row sums) -> combine (d dt_raw, per-chunk dA
@@ -356,11 +356,14 @@ template <typename T>
 constexpr int kRegStageFloats = kIsF32<T> ? 16 * (kTile + 4) : 0;
 
 // acc (16 x 8·NT) += S (16 x 64, a fragment tile in registers) · B (64 x 8·NT) over the k16 steps
-// [kb_lo, kb_hi) of S's columns and the n8 tiles [0, nt_hi) of B.
+// [kb_lo, kb_hi) of S's columns and the n8 tiles [0, nt_hi) of B. b_lo (bf16 only, optional): the
+// lo part of a non-exact B, stored like b (same ldb); it meets S's hi part only (the lo·lo term is
+// below fp32 accumulation noise).
 template <bool kBNK, int NT>
 __device__ __forceinline__ void warp_mma_regs(float (&acc)[NT][4], const float (&s)[8][4],
                                               const __nv_bfloat16* b, int ldb, int kb_lo,
-                                              int kb_hi, int nt_hi, float* /*stage*/) {
+                                              int kb_hi, int nt_hi, float* /*stage*/,
+                                              const __nv_bfloat16* b_lo = nullptr) {
 #pragma unroll
   for (int kb = 0; kb < 4; ++kb) {
     if (kb < kb_lo || kb >= kb_hi) continue;
@@ -382,6 +385,11 @@ __device__ __forceinline__ void warp_mma_regs(float (&acc)[NT][4], const float (
       mma_bf16(acc[2 * np + 1], af, bf[2], bf[3]);
       mma_bf16(acc[2 * np], af_lo, bf[0], bf[1]);
       mma_bf16(acc[2 * np + 1], af_lo, bf[2], bf[3]);
+      if (b_lo) {  // warp-uniform
+        load_b_pair<kBNK>(bf, b_lo, ldb, kb * 16, np);
+        mma_bf16(acc[2 * np], af, bf[0], bf[1]);
+        mma_bf16(acc[2 * np + 1], af, bf[2], bf[3]);
+      }
     }
   }
 }
@@ -389,7 +397,8 @@ __device__ __forceinline__ void warp_mma_regs(float (&acc)[NT][4], const float (
 template <bool kBNK, int NT>
 __device__ __forceinline__ void warp_mma_regs(float (&acc)[NT][4], const float (&s)[8][4],
                                               const float* b, int ldb, int kb_lo, int kb_hi,
-                                              int nt_hi, float* stage) {
+                                              int nt_hi, float* stage,
+                                              const float* /*b_lo: exact on f32*/ = nullptr) {
   // SIMT: spill the tile to this warp's scratch and multiply from shared memory.
   constexpr int ld = kTile + 4;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -669,26 +678,36 @@ __global__ void __launch_bounds__(kPassThreads)
 
 // ------------------------------------------------------------------------------------------------
 // Shared-memory plan of the tile kernels (host and device agree on it):
-//   statistics | own tiles (two of them, widths own0, own1) | stages x walked tiles (walk0, walk1)
-//   where the state slab used before the walk aliases the stage area | f32: per-warp scratch.
+//   statistics | own tiles (own0, own1, optional own2) | stages x walked tiles (walk0, walk1,
+//   optional walk2) where the state slab used before the walk aliases the stage area | f32:
+//   per-warp scratch. The optional tiles hold dY's lo part on the bf16 path; absent on f32.
 // ------------------------------------------------------------------------------------------------
 
 struct TilePlan {
   int own0, own1, walk0, walk1;  // tile widths (columns) of the two owned and two walked tiles
   int slab_rows, slab_cols;      // the state slab
   int stages;
+  // Optional third owned / walked tile (0 = absent): dY's lo part on the bf16 path (kParts).
+  int own2 = 0, walk2 = 0;
 };
 
 template <typename T>
 __host__ __device__ constexpr int tile_elems(int cols) {
   return kTile * (cols + kPad<T>);
 }
+// An optional tile: no space at width 0.
+template <typename T>
+__host__ __device__ constexpr int opt_tile_elems(int cols) {
+  return cols > 0 ? tile_elems<T>(cols) : 0;
+}
 
 template <typename T>
 __host__ __device__ inline int64_t plan_bytes(const TilePlan& plan, int qpad) {
-  const int64_t own = tile_elems<T>(plan.own0) + tile_elems<T>(plan.own1);
-  const int64_t walk =
-      int64_t(plan.stages) * (tile_elems<T>(plan.walk0) + tile_elems<T>(plan.walk1));
+  const int64_t own =
+      tile_elems<T>(plan.own0) + tile_elems<T>(plan.own1) + opt_tile_elems<T>(plan.own2);
+  const int64_t walk = int64_t(plan.stages) * (tile_elems<T>(plan.walk0) +
+                                               tile_elems<T>(plan.walk1) +
+                                               opt_tile_elems<T>(plan.walk2));
   const int64_t slab = int64_t(plan.slab_rows) * (plan.slab_cols + kPad<T>);
   return stats_bytes(qpad) + (own + (walk > slab ? walk : slab)) * int64_t(sizeof(T)) +
          int64_t(4) * kRegStageFloats<T> * 4;
@@ -698,8 +717,8 @@ __host__ __device__ inline int64_t plan_bytes(const TilePlan& plan, int qpad) {
 template <typename T>
 struct TileSmem {
   float *delta, *hi, *lo, *scratch, *reg_stage;
-  T *own0, *own1, *area, *slab;
-  int ld_own0, ld_own1, ld_walk0, ld_walk1, ld_slab;
+  T *own0, *own1, *own2, *area, *slab;  // own2: nullptr when the plan has none
+  int ld_own0, ld_own1, ld_own2, ld_walk0, ld_walk1, ld_walk2, ld_slab;
   int64_t stage_elems;
 
   __device__ TileSmem(unsigned char* smem, const TilePlan& plan, int qpad) {
@@ -711,18 +730,23 @@ struct TileSmem {
     ld_own1 = plan.own1 + kPad<T>;
     ld_walk0 = plan.walk0 + kPad<T>;
     ld_walk1 = plan.walk1 + kPad<T>;
+    ld_own2 = plan.own2 + kPad<T>;
+    ld_walk2 = plan.walk2 + kPad<T>;
     ld_slab = plan.slab_cols + kPad<T>;
     own0 = reinterpret_cast<T*>(smem + stats_bytes(qpad));
     own1 = own0 + tile_elems<T>(plan.own0);
-    area = own1 + tile_elems<T>(plan.own1);
+    own2 = plan.own2 > 0 ? own1 + tile_elems<T>(plan.own1) : nullptr;
+    area = own1 + tile_elems<T>(plan.own1) + opt_tile_elems<T>(plan.own2);
     slab = area;
-    stage_elems = tile_elems<T>(plan.walk0) + tile_elems<T>(plan.walk1);
+    stage_elems = tile_elems<T>(plan.walk0) + tile_elems<T>(plan.walk1) +
+                  opt_tile_elems<T>(plan.walk2);
     const int64_t walk = plan.stages * stage_elems;
     const int64_t slab_elems = int64_t(plan.slab_rows) * ld_slab;
     reg_stage = reinterpret_cast<float*>(area + (walk > slab_elems ? walk : slab_elems));
   }
   __device__ T* walk0(int stage) const { return area + stage * stage_elems; }
   __device__ T* walk1(int stage) const { return walk0(stage) + kTile * ld_walk0; }
+  __device__ T* walk2(int stage) const { return walk1(stage) + kTile * ld_walk1; }  // if walk2 > 0
   __device__ float* warp_stage(int warp) const { return reg_stage + warp * kRegStageFloats<T>; }
 };
 
@@ -851,20 +875,22 @@ __global__ void __launch_bounds__(kTileThreads)
 //   acc  = diag(e^(Λ - s_j)) · B_J · dSlocᵀ                       (K = N, slabs of dSloc)
 //   acc += (e^(s_i - s_j) ∘ B_J C_Rᵀ) · dY_R   for R = J .. last   (K = i; rows j, columns i >= j)
 //   dx = δ acc + D dy;   d delta_dir_j = <acc_j, x_j>;   dD partial = sum_j <dy_j, x_j>
-// Own tiles: B_J (N), x_J (P). Walked: C_R (N), dY_R (P, in T). Slab: P x 64 of dSloc.
+// Own tiles: B_J (N), x_J (P). Walked: C_R (N), dY_R (P, in T), bf16: dY_R's lo part (P).
+// Slab: P x 64 of dSloc.
 // ------------------------------------------------------------------------------------------------
 
 template <typename T>
 TilePlan dx_plan(const Dims& d, int stages) {
-  return {d.state, d.head_dim, d.state, d.head_dim, d.head_dim, kTile, stages};
+  return {d.state, d.head_dim, d.state, d.head_dim, d.head_dim, kTile, stages,
+          0,       kParts<T> == 2 ? d.head_dim : 0};
 }
 
 template <typename T, int PMAX>
 __global__ void __launch_bounds__(kTileThreads)
     ssd_chunk_dx_kernel(Dims d, TilePlan plan, const T* x, const T* Bm, const T* Cm, const T* dyt,
-                        const float* dy, const float* Dp, const float* delta, const float* hi,
-                        const float* lo, const float* dstates, bool no_final, float* dx,
-                        float* ddir, float* dD_part, int tiles) {
+                        const T* dyt_lo, const float* dy, const float* Dp, const float* delta,
+                        const float* hi, const float* lo, const float* dstates, bool no_final,
+                        float* dx, float* ddir, float* dD_part, int tiles) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int J = blockIdx.x, c = blockIdx.y, bh = blockIdx.z;
   const int b = bh / d.heads, h = bh % d.heads;
@@ -923,6 +949,9 @@ __global__ void __launch_bounds__(kTileThreads)
                   kTile, rows, N);
     cp_async_tile(sm.walk1(stage), sm.ld_walk1, dyt + at.x_base + (t0 + r0) * at.x_row, at.x_row,
                   kTile, rows, P);
+    if constexpr (kParts<T> == 2)
+      cp_async_tile(sm.walk2(stage), sm.ld_walk2, dyt_lo + at.x_base + (t0 + r0) * at.x_row,
+                    at.x_row, kTile, rows, P);
     cp_async_commit();
   };
   auto compute = [&](int R, int stage) {
@@ -937,9 +966,10 @@ __global__ void __launch_bounds__(kTileThreads)
       const int j = j0 + row, i = r0 + col;
       sc[nt][e] = i >= j ? sc[nt][e] * exp_neg<T>(seg(sm.hi, sm.lo, i, j)) : 0.0f;
     });
-    // acc += S · dY_R: B(i, p) = dY_R[i][p] (stored [i][p]).
+    // acc += S · dY_R: B(i, p) = dY_R[i][p] (stored [i][p]); bf16: dY_R as hi + lo (kParts).
+    const T* dy_lo = kParts<T> == 2 ? sm.walk2(stage) : nullptr;
     warp_mma_regs<false>(acc, sc, sm.walk1(stage), sm.ld_walk1, diag ? warp : 0, 4, P / 8,
-                         sm.warp_stage(warp));
+                         sm.warp_stage(warp), dy_lo);
   };
   tile_walk(J, last, plan.stages, issue, compute);
 
@@ -986,18 +1016,20 @@ __global__ void __launch_bounds__(kTileThreads)
 //   eta_j = <acc_j, B_j>                                            (before the pair terms)
 //   dCBᵀ = δ_j e^(s_i - s_j) ∘ x_J dY_Rᵀ (i >= j),  acc += dCBᵀ · C_R  for R = J .. last
 //   Gamma column sums: sum_{i > j} dCBᵀ(j, i) · (B_J C_Rᵀ)(j, i)
-// Own tiles: x_J (P), B_J (N). Walked: C_R (N), dY_R (P). Slab: 64 x N rows of dSloc.
+// Own tiles: x_J (P), B_J (N). Walked: C_R (N), dY_R (P), bf16: dY_R's lo part (P).
+// Slab: 64 x N rows of dSloc.
 // ------------------------------------------------------------------------------------------------
 
 template <typename T>
 TilePlan db_plan(const Dims& d, int stages) {
-  return {d.head_dim, d.state, d.state, d.head_dim, kTile, d.state, stages};
+  return {d.head_dim, d.state, d.state, d.head_dim, kTile, d.state, stages,
+          0,          kParts<T> == 2 ? d.head_dim : 0};
 }
 
 template <typename T, int NMAX>
 __global__ void __launch_bounds__(kTileThreads)
     ssd_chunk_db_kernel(Dims d, TilePlan plan, const T* x, const T* Bm, const T* Cm, const T* dyt,
-                        const float* delta, const float* hi, const float* lo,
+                        const T* dyt_lo, const float* delta, const float* hi, const float* lo,
                         const float* dstates, bool no_final, float* dB_heads, float* eta,
                         float* gcol) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -1066,6 +1098,9 @@ __global__ void __launch_bounds__(kTileThreads)
                   kTile, rows, N);
     cp_async_tile(sm.walk1(stage), sm.ld_walk1, dyt + at.x_base + (t0 + r0) * at.x_row, at.x_row,
                   kTile, rows, P);
+    if constexpr (kParts<T> == 2)
+      cp_async_tile(sm.walk2(stage), sm.ld_walk2, dyt_lo + at.x_base + (t0 + r0) * at.x_row,
+                    at.x_row, kTile, rows, P);
     cp_async_commit();
   };
   auto compute = [&](int R, int stage) {
@@ -1080,6 +1115,10 @@ __global__ void __launch_bounds__(kTileThreads)
     // dPᵀ (rows j, columns i) = x_J · dY_Rᵀ: B(p, i) = dY_R[i][p] (stored [i][p]).
     warp_mma<false, true>(dp, xJ + wrow * sm.ld_own0, sm.ld_own0, sm.walk1(stage), sm.ld_walk1, 0,
                           P / 16, nt_lo, 8);
+    // bf16: dY_R goes in as hi + lo (kParts); x is exact.
+    if constexpr (kParts<T> == 2)
+      warp_mma<false, true>(dp, xJ + wrow * sm.ld_own0, sm.ld_own0, sm.walk2(stage), sm.ld_walk2,
+                            0, P / 16, nt_lo, 8);
     for_each_element(wrow, [&](int nt, int e, int row, int col) {
       const int j = j0 + row, i = r0 + col;
       float v = 0.0f;
@@ -1116,18 +1155,20 @@ __global__ void __launch_bounds__(kTileThreads)
 //   kappa_i = <acc_i, C_i>                                           (before the pair terms)
 //   dCB = δ_j e^(s_i - s_j) ∘ dY_R x_Jᵀ (j <= i),  acc += dCB · B_J  for J = 0 .. R
 //   Gamma row sums: sum_{j < i} dCB(i, j) · (C_R B_Jᵀ)(i, j)
-// Own tiles: dY_R (P), C_R (N). Walked: B_J (N), x_J (P). Slab: 64 x N rows of S_in.
+// Own tiles: dY_R (P), C_R (N), bf16: dY_R's lo part (P). Walked: B_J (N), x_J (P).
+// Slab: 64 x N rows of S_in.
 // ------------------------------------------------------------------------------------------------
 
 template <typename T>
 TilePlan dc_plan(const Dims& d, int stages) {
-  return {d.head_dim, d.state, d.state, d.head_dim, kTile, d.state, stages};
+  return {d.head_dim, d.state, d.state, d.head_dim, kTile, d.state, stages,
+          kParts<T> == 2 ? d.head_dim : 0, 0};
 }
 
 template <typename T, int NMAX>
 __global__ void __launch_bounds__(kTileThreads)
     ssd_chunk_dc_kernel(Dims d, TilePlan plan, const T* x, const T* Bm, const T* Cm, const T* dyt,
-                        const float* delta, const float* hi, const float* lo,
+                        const T* dyt_lo, const float* delta, const float* hi, const float* lo,
                         const float* states, bool has_initial, float* dC_heads, float* kappa,
                         float* grow) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -1145,6 +1186,7 @@ __global__ void __launch_bounds__(kTileThreads)
   const int64_t t0 = int64_t(c) * Q;
   T* dyR = sm.own0;
   T* CR = sm.own1;
+  T* dyR_lo = sm.own2;  // bf16 only: dY_R's lo part (kParts); nullptr on f32
 
   load_stats(d, delta, hi, lo, chunk_at, sm.delta, sm.hi, sm.lo);
   const int rows_R = min(kTile, length - r0);
@@ -1152,6 +1194,9 @@ __global__ void __launch_bounds__(kTileThreads)
                 P);
   cp_async_tile(CR, sm.ld_own1, Cm + at.bc_base + (t0 + r0) * at.bc_row, at.bc_row, kTile, rows_R,
                 N);
+  if constexpr (kParts<T> == 2)
+    cp_async_tile(dyR_lo, sm.ld_own2, dyt_lo + at.x_base + (t0 + r0) * at.x_row, at.x_row, kTile,
+                  rows_R, P);
   cp_async_commit();
   cp_async_wait<0>();  // the owned tiles are read by every stage below
   __syncthreads();
@@ -1169,9 +1214,15 @@ __global__ void __launch_bounds__(kTileThreads)
                 static_cast<const float*>(nullptr), part);
       __syncthreads();
       // A = dY_R (stored [i][p]), B(p, n) = S_in[p][n] (stored [p][n])
-      if (active)
+      if (active) {
         warp_mma<false, false>(acc, dyR + wrow * sm.ld_own0 + p0, sm.ld_own0, sm.slab, sm.ld_slab,
                                0, rows / 16, 0, N / 8);
+        // bf16: dY_R's lo part meets S_in's hi part (the lo·lo term is below fp32 noise).
+        if constexpr (kParts<T> == 2)
+          if (part == 0)
+            warp_mma<false, false>(acc, dyR_lo + wrow * sm.ld_own2 + p0, sm.ld_own2, sm.slab,
+                                   sm.ld_slab, 0, rows / 16, 0, N / 8);
+      }
     }
     const int i = r0 + wrow + g;
     scale_rows(acc, exp_neg<T>(sm.hi[i] + sm.lo[i]), exp_neg<T>(sm.hi[i + 8] + sm.lo[i + 8]));
@@ -1209,6 +1260,10 @@ __global__ void __launch_bounds__(kTileThreads)
     // dP (rows i, columns j) = dY_R · x_Jᵀ: B(p, j) = x_J[j][p] (stored [j][p]).
     warp_mma<false, true>(dp, dyR + wrow * sm.ld_own0, sm.ld_own0, sm.walk1(stage), sm.ld_walk1,
                           0, P / 16, 0, nt_hi);
+    // bf16: dY_R goes in as hi + lo (kParts); x is exact.
+    if constexpr (kParts<T> == 2)
+      warp_mma<false, true>(dp, dyR_lo + wrow * sm.ld_own2, sm.ld_own2, sm.walk1(stage),
+                            sm.ld_walk1, 0, P / 16, 0, nt_hi);
     for_each_element(wrow, [&](int nt, int e, int row, int col) {
       const int i = r0 + row, j = j0 + col;
       float v = 0.0f;
@@ -1574,7 +1629,7 @@ void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* dy,
     dispatch_width(d.head_dim, [&]<int W>() {
       set_smem(ssd_chunk_dx_kernel<T, W>, smem);
       ssd_chunk_dx_kernel<T, W><<<grid, kTileThreads, smem, stream>>>(
-          d, plan, x, Bm, Cm, dyt, dy, in.D, delta, hi, lo, dstates, no_final, grads.x,
+          d, plan, x, Bm, Cm, dyt, dyt_lo, dy, in.D, delta, hi, lo, dstates, no_final, grads.x,
           workspace + l.ddir, workspace + l.dD, tiles);
       CUDA_CHECK_LAST_LAUNCH();
     });
@@ -1587,8 +1642,8 @@ void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* dy,
     dispatch_width(d.state, [&]<int W>() {
       set_smem(ssd_chunk_db_kernel<T, W>, smem);
       ssd_chunk_db_kernel<T, W><<<grid, kTileThreads, smem, stream>>>(
-          d, plan, x, Bm, Cm, dyt, delta, hi, lo, dstates, no_final, dB_heads, workspace + l.eta,
-          workspace + l.gcol);
+          d, plan, x, Bm, Cm, dyt, dyt_lo, delta, hi, lo, dstates, no_final, dB_heads,
+          workspace + l.eta, workspace + l.gcol);
       CUDA_CHECK_LAST_LAUNCH();
     });
   }
@@ -1598,8 +1653,8 @@ void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* dy,
     dispatch_width(d.state, [&]<int W>() {
       set_smem(ssd_chunk_dc_kernel<T, W>, smem);
       ssd_chunk_dc_kernel<T, W><<<grid, kTileThreads, smem, stream>>>(
-          d, plan, x, Bm, Cm, dyt, delta, hi, lo, states, in.initial_state != nullptr, dC_heads,
-          workspace + l.kappa, workspace + l.grow);
+          d, plan, x, Bm, Cm, dyt, dyt_lo, delta, hi, lo, states, in.initial_state != nullptr,
+          dC_heads, workspace + l.kappa, workspace + l.grow);
       CUDA_CHECK_LAST_LAUNCH();
     });
   }
