@@ -29,6 +29,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "runtime/cuda_check.h"
 #include "runtime/error.h"
 
@@ -110,59 +111,8 @@ __device__ __forceinline__ WorkItem work_item(int index, int tiles, int pairs, i
 }
 
 // ------------------------------------------------------------------------------------------------
-// PTX wrappers (bf16 path)
+// exp2 in one instruction (bf16 path)
 // ------------------------------------------------------------------------------------------------
-
-__device__ __forceinline__ uint32_t smem_address(const void* pointer) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
-}
-
-// 16-byte asynchronous copy global -> shared; when !valid nothing is read and the 16 bytes are
-// zero-filled (the source address must still be a valid one).
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int Pending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
-               : "=r"(r[0]), "=r"(r[1])
-               : "r"(address));
-}
-
-// d += a b for a 16x16 (row) bf16 A, 16x8 (col) bf16 B, 16x8 fp32 d. Fragment layouts, with
-// g = lane / 4 and q = lane % 4: d = {(g, 2q), (g, 2q+1), (g+8, 2q), (g+8, 2q+1)}; a = pairs at
-// (g, 2q), (g+8, 2q), (g, 2q+8), (g+8, 2q+8); b = pairs at (k = 2q, n = g), (k = 2q+8, n = g).
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two floats as a bf16 pair, `low` in the low half (the lower column of a fragment pair).
-__device__ __forceinline__ uint32_t pack_bf16(float low, float high) {
-  __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
-  return *reinterpret_cast<uint32_t*>(&pair);
-}
 
 __device__ __forceinline__ float fast_exp2(float x) {  // exp2(-inf) = 0
   float y;
@@ -185,7 +135,7 @@ __device__ __forceinline__ void load_rows_async(uint32_t dst, const bf16* src, i
       const int r = index / kChunks, c = index % kChunks;
       const bool valid = r < valid_rows;
       const bf16* from = src + ((valid ? r : 0) * row_stride + c * 8);  // < 2^31: check_dims
-      cp_async_16(dst + uint32_t(r * Stride + c * 8) * 2, from, valid);
+      cp_async_16(dst + uint32_t(r * Stride + c * 8) * 2, from, valid ? 16 : 0);
     }
   }
 }
@@ -581,7 +531,7 @@ __global__ void __launch_bounds__(256, 1) attention_backward_bf16_kernel(const B
       const float* from =
           (which == 0 ? a.lse_log2 : a.delta) + (int64_t(b) * a.Hq + h) * a.Tpad + r0 + chunk * 4;
       cp_async_16(s_stats_addr + uint32_t(which * 2 * C::kRows + stage * C::kRows + chunk * 4) * 4,
-                  from, true);
+                  from, 16);
     }
   };
 

@@ -31,6 +31,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "runtime/cuda_check.h"
 #include "runtime/error.h"
 
@@ -141,21 +142,6 @@ __device__ double block_sum_double(double value, double* scratch) {
 // Global -> shared tile copies
 // ------------------------------------------------------------------------------------------------
 
-__device__ __forceinline__ uint32_t smem_u32(const void* pointer) {
-  return uint32_t(__cvta_generic_to_shared(pointer));
-}
-
-// 16 bytes global -> shared without a register round trip; src_bytes = 0 writes zeros.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-               "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int Pending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
-}
-
 // dst[r][0, cols) = src[r * src_ld + (0, cols)] for r < valid_rows, zeros for valid_rows <= r < rows.
 // cols a multiple of 16; src and src_ld 16-byte aligned. Asynchronous: commit and wait.
 template <typename T>
@@ -166,7 +152,7 @@ __device__ void cp_async_tile(T* dst, int ld, const T* src, int64_t src_ld, int 
   for (int index = threadIdx.x; index < rows * per_row; index += blockDim.x) {
     const int r = index / per_row, v = (index % per_row) * kVec;
     const bool valid = r < valid_rows;
-    cp_async16(dst + r * ld + v, valid ? src + r * src_ld + v : src, valid ? 16 : 0);
+    cp_async_16(smem_address(dst + r * ld + v), valid ? src + r * src_ld + v : src, valid ? 16 : 0);
   }
 }
 
@@ -261,40 +247,15 @@ __device__ void load_tile(T* dst, int ld, const S* src, int64_t src_ld, int rows
 // (nt_lo and nt_hi even). Control is warp-uniform.
 // ------------------------------------------------------------------------------------------------
 
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                         uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
-  uint32_t word;
-  memcpy(&word, &pair, 4);
-  return word;
-}
-
 // B fragments of n8 tiles 2·np and 2·np + 1 for the k16 step at k0.
 template <bool kBNK>
 __device__ __forceinline__ void load_b_pair(uint32_t (&r)[4], const __nv_bfloat16* b, int ldb,
                                             int k0, int np) {
   const int lane = threadIdx.x & 31, q = lane >> 3, row = lane & 7;
   if constexpr (kBNK)
-    ldsm_x4(r, b + (np * 16 + row + 8 * (q >> 1)) * ldb + k0 + 8 * (q & 1));
+    ldmatrix_x4(r, smem_address(b + (np * 16 + row + 8 * (q >> 1)) * ldb + k0 + 8 * (q & 1)));
   else
-    ldsm_x4_trans(r, b + (k0 + row + 8 * (q & 1)) * ldb + np * 16 + 8 * (q >> 1));
+    ldmatrix_x4_trans(r, smem_address(b + (k0 + row + 8 * (q & 1)) * ldb + np * 16 + 8 * (q >> 1)));
 }
 
 template <bool kAKM, bool kBNK, int NT>
@@ -307,9 +268,9 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], const __nv_bfloat1
     const int k0 = ks * 16;
     uint32_t af[4];
     if constexpr (kAKM)
-      ldsm_x4_trans(af, a + (k0 + row + 8 * (q >> 1)) * lda + 8 * (q & 1));
+      ldmatrix_x4_trans(af, smem_address(a + (k0 + row + 8 * (q >> 1)) * lda + 8 * (q & 1)));
     else
-      ldsm_x4(af, a + (row + 8 * (q & 1)) * lda + k0 + 8 * (q >> 1));
+      ldmatrix_x4(af, smem_address(a + (row + 8 * (q & 1)) * lda + k0 + 8 * (q >> 1)));
 #pragma unroll
     for (int np = 0; np < NT / 2; ++np) {
       if (2 * np < nt_lo || 2 * np >= nt_hi) continue;
