@@ -14,11 +14,16 @@ BLAS      ?= $(if $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthread/cbla
 CXXFLAGS  := -std=c++20 -O2 -g -march=x86-64-v3 -Wall -Wextra -fopenmp -I. -MMD -MP
 LDFLAGS   := -fopenmp -pthread
 LDLIBS    :=
+# MPI launches and connects the ranks of data-parallel training (DESIGN.md "Distributed"); the
+# flags come from Open MPI's wrapper so any installation prefix works.
+MPICXX    ?= mpicxx
+CXXFLAGS  += $(shell $(MPICXX) --showme:compile)
+LDLIBS    += $(shell $(MPICXX) --showme:link)
 
 # Arch-specific sm_90a (wgmma, setmaxnreg) plus portable sm_90.
 NVCCFLAGS := -std=c++20 -O3 -I. -MMD -MP --expt-relaxed-constexpr -lineinfo \
              -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=sm_90 \
-             -Xcompiler=-fopenmp,-march=x86-64-v3,-Wall,-Wextra -DBRAID_CUDA
+             -Xcompiler=-fopenmp,-march=x86-64-v3,-Wall,-Wextra -DBRAID_CUDA $(shell $(MPICXX) --showme:compile)
 
 # Program entry points: train/main.cpp -> build/train, infer/main.cpp -> build/infer,
 # tools/NAME_main.cpp -> build/NAME. Everything else is the engine library.
@@ -33,7 +38,7 @@ CUDA_TEST_SRC := $(wildcard tests/cuda/*.cpp)
 
 ifeq ($(CUDA),1)
   CXXFLAGS  += -DBRAID_CUDA -I$(CUDA_HOME)/include
-  LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lnccl -lcudart
   ENGINE_SRC += $(CUDA_ONLY)
   ENGINE_CU  := $(wildcard runtime/*.cu kernels/cuda/*.cu)
   CUDA_TEST_CU := $(wildcard tests/cuda/*.cu)
@@ -60,7 +65,7 @@ BINARIES   := $(foreach m,$(MAIN_SRC),$(BUILD)/$(if $(filter %_main.cpp,$(m)),$(
 
 TARGETS := $(LIBBRAID) $(BINARIES) $(CPU_TESTS) $(INTEGRATION_TESTS)
 ifeq ($(CUDA),1)
-  TARGETS += $(CUDA_TESTS)
+  TARGETS += $(CUDA_TESTS) $(BUILD)/libkernel_profiler.so
 endif
 
 .PHONY: all test clean data run bench bench-train
@@ -94,6 +99,11 @@ $(BUILD)/infer: $(BUILD)/obj/infer/main.o $(LIBBRAID)
 
 $(BUILD)/%: $(BUILD)/obj/tools/%_main.o $(LIBBRAID)
 	$(CXX) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# The CUPTI kernel profiler, loaded into any program with CUDA_INJECTION64_PATH (see its header).
+$(BUILD)/libkernel_profiler.so: tools/profiler/kernel_profiler.cpp $(CONFIG_STAMP)
+	$(CXX) -std=c++20 -O2 -Wall -Wextra -fPIC -shared -I$(CUDA_HOME)/include $< -o $@ \
+	  -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcupti
 
 # Integration tests run the built programs, found beside the test binary's folder.
 $(INTEGRATION_TESTS): | $(BINARIES)

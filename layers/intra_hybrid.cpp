@@ -69,9 +69,9 @@ autograd::Var IntraHybrid::forward(const autograd::Var& x) const {
     case Config::Scaling::scalar: a = ops::mul_scalar(a, scale_attn_); break;
     case Config::Scaling::gate: {
       autograd::Var gate = ops::sigmoid(gate_proj_->forward(x));
-      const int64_t v_dim = a->value.size(-1);
-      a = ops::mul(a, ops::narrow(gate, -1, 0, v_dim));
-      m = ops::mul(m, ops::narrow(gate, -1, v_dim, m->value.size(-1)));
+      const std::vector<autograd::Var> gates = ops::split(gate, -1, {a->value.size(-1), m->value.size(-1)});
+      a = ops::mul(a, gates[0]);
+      m = ops::mul(m, gates[1]);
       break;
     }
   }

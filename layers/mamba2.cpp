@@ -39,21 +39,15 @@ Mamba2::Outputs Mamba2::branch(const autograd::Var& x, const autograd::Var& shar
   const int64_t batch = x->value.size(0), time = x->value.size(1);
   const int64_t di = shape_.d_ssm, gn = shape_.n_groups * shape_.d_state, heads = shape_.n_heads();
   autograd::Var zxbcdt = in_proj_->forward(x);
-  autograd::Var z = ops::narrow(zxbcdt, -1, 0, di);
-  int64_t offset = di;
-  autograd::Var xbc;
-  if (shared_x_) {
-    xbc = ops::concat({shared_x, ops::narrow(zxbcdt, -1, offset, 2 * gn)}, -1);
-    offset += 2 * gn;
-  } else {
-    xbc = ops::narrow(zxbcdt, -1, offset, di + 2 * gn);
-    offset += di + 2 * gn;
-  }
-  autograd::Var dt = ops::narrow(zxbcdt, -1, offset, heads);
+  // With a shared x the projection holds only B and C between z and dt.
+  const std::vector<autograd::Var> parts = ops::split(zxbcdt, -1, {di, shared_x_ ? 2 * gn : di + 2 * gn, heads});
+  autograd::Var z = parts[0], dt = parts[2];
+  autograd::Var xbc = shared_x_ ? ops::concat({shared_x, parts[1]}, -1) : parts[1];
   autograd::Var conv = ops::conv1d(xbc, conv_weight_, conv_bias_, nullptr).out;
-  autograd::Var xs = ops::reshape(ops::narrow(conv, -1, 0, di), {batch, time, heads, shape_.head_dim});
-  autograd::Var B = ops::reshape(ops::narrow(conv, -1, di, gn), {batch, time, shape_.n_groups, shape_.d_state});
-  autograd::Var C = ops::reshape(ops::narrow(conv, -1, di + gn, gn), {batch, time, shape_.n_groups, shape_.d_state});
+  const std::vector<autograd::Var> xbc_parts = ops::split(conv, -1, {di, gn, gn});
+  autograd::Var xs = ops::reshape(xbc_parts[0], {batch, time, heads, shape_.head_dim});
+  autograd::Var B = ops::reshape(xbc_parts[1], {batch, time, shape_.n_groups, shape_.d_state});
+  autograd::Var C = ops::reshape(xbc_parts[2], {batch, time, shape_.n_groups, shape_.d_state});
   ops::SsdOptions options;
   options.chunk = shape_.chunk;
   autograd::Var y = ops::ssd(xs, dt, dt_bias_, A_log_, B, C, D_, nullptr, options).y;

@@ -27,11 +27,11 @@ void host_copy(const StridedView& dst, const StridedView& src, const CopyShape& 
 void host_fill(const StridedView& dst, const CopyShape& shape, double value);
 
 #ifdef BRAID_CUDA
-// Both views on the current CUDA device; synchronous with respect to the default stream.
+// Both views on the current CUDA device; ordered on the default stream, without host synchronisation.
 void cuda_copy(const StridedView& dst, const StridedView& src, const CopyShape& shape);
 void cuda_fill(const StridedView& dst, const CopyShape& shape, double value);
 void cuda_copy_bytes(void* dst, const void* src, size_t bytes);  // any direction, synchronous
-void cuda_fill_bytes(void* dst, int byte, size_t bytes);  // on the current device, synchronous
+void cuda_fill_bytes(void* dst, int byte, size_t bytes);  // on the current device, stream-ordered
 void cuda_set_device(int index);
 #endif
 

@@ -27,7 +27,6 @@ void launch(Tensor& tensor, uint64_t seed, uint64_t offset, bool normal, double 
   const unsigned blocks = unsigned(std::min<int64_t>((count + 255) / 256, 65535));
   fill_random_kernel<T><<<blocks > 0 ? blocks : 1, 256>>>(tensor.data<T>(), count, seed, offset, normal, a, b);
   CUDA_CHECK_LAST_LAUNCH();
-  CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 }  // namespace

@@ -3,9 +3,10 @@
 # benchmarks, with logs under $OUT (default build/gpu-check). Used with the device tool, whose time
 # is short, so everything happens in one invocation:
 #
-#   bash tools/gpu_check.sh [test|sanitize|bench|train]...   (default: test sanitize bench)
+#   bash tools/gpu_check.sh [test|sanitize|bench|train|profile]...   (default: test sanitize bench)
 #
-# FILTER narrows the CUDA suite (a gtest filter); BUILD picks the build folder.
+# FILTER narrows the CUDA suite (a gtest filter); BUILD picks the build folder; PROFILE_PRESETS names
+# the presets whose training steps `profile` breaks down per kernel (tools/profiler).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-build/gpu-check}
@@ -46,6 +47,13 @@ for step in "${steps[@]}"; do
     bench)
       make BUILD="$BUILD" bench > "$OUT/bench.log" 2>&1
       echo "bench rc=$?"; cp -r "$BUILD/bench" "$OUT/" 2>/dev/null
+      ;;
+    profile)
+      for preset in ${PROFILE_PRESETS:-configs/models/1b/intra-1to5.json}; do
+        log="$OUT/profile_$(basename "$(dirname "$preset")")_$(basename "$preset" .json).log"
+        CUDA_INJECTION64_PATH="$PWD/$BUILD/libkernel_profiler.so" "$BUILD/bench_train" --steps 2 "$preset" > "$log" 2>&1
+        echo "profile $preset rc=$?"; head -c 2500 "$log"
+      done
       ;;
     train)
       make BUILD="$BUILD" bench-train > "$OUT/bench_train.log" 2>&1

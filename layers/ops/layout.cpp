@@ -41,6 +41,35 @@ class NarrowNode : public autograd::Node {
   int64_t dim_, start_;
 };
 
+// The parts' gradients land side by side in one input gradient: no zero-filled full-size tensor per
+// part and no sums of them, which is what a narrow() per part would cost.
+class SplitNode : public autograd::Node {
+ public:
+  SplitNode(Shape input_shape, int64_t dim, std::vector<int64_t> sizes)
+      : input_shape_(std::move(input_shape)), dim_(dim), sizes_(std::move(sizes)) {}
+  const char* name() const override { return "split"; }
+  std::vector<Tensor> backward(const std::vector<Tensor>& grads) override {
+    const Tensor* any = nullptr;
+    for (const Tensor& grad : grads)
+      if (grad.defined()) any = &grad;
+    if (!any) return {Tensor()};
+    Tensor dx = Tensor::empty(input_shape_, any->dtype(), any->device());
+    int64_t start = 0;
+    for (size_t i = 0; i < sizes_.size(); ++i) {
+      Tensor slot = dx.narrow(dim_, start, sizes_[i]);
+      if (grads[i].defined()) slot.copy_from(grads[i]);
+      else slot.fill_(0);
+      start += sizes_[i];
+    }
+    return {dx};
+  }
+
+ private:
+  Shape input_shape_;
+  int64_t dim_;
+  std::vector<int64_t> sizes_;
+};
+
 class CastNode : public autograd::Node {
  public:
   explicit CastNode(DType input_dtype) : input_dtype_(input_dtype) {}
@@ -84,6 +113,24 @@ autograd::Var narrow(const autograd::Var& x, int64_t dim, int64_t start, int64_t
   Tensor out = x->value.narrow(axis, start, length).contiguous();
   if (out.storage() == x->value.storage()) out = out.clone();  // a private copy, never an alias
   return autograd::record(std::make_shared<NarrowNode>(x->value.shape(), axis, start), {x}, out);
+}
+
+std::vector<autograd::Var> split(const autograd::Var& x, int64_t dim, const std::vector<int64_t>& sizes) {
+  const int64_t axis = resolve_dim("split", x->value, dim);
+  int64_t total = 0;
+  for (int64_t size : sizes) {
+    BRAID_CHECK(size >= 0, "split: negative part size ", size);
+    total += size;
+  }
+  BRAID_CHECK(total == x->value.size(axis), "split: parts of ", total, " elements along dimension ", axis,
+              " of shape ", shape_str(x->value.shape()));
+  std::vector<Tensor> parts;
+  int64_t start = 0;
+  for (int64_t size : sizes) {
+    parts.push_back(x->value.narrow(axis, start, size).clone());
+    start += size;
+  }
+  return autograd::record(std::make_shared<SplitNode>(x->value.shape(), axis, sizes), {x}, parts);
 }
 
 autograd::Var concat(const std::vector<autograd::Var>& parts, int64_t dim) {

@@ -1,4 +1,4 @@
-// reshape, narrow and concat: values by index arithmetic, gradients through gradcheck.
+// reshape, narrow, split and concat: values by index arithmetic, gradients through gradcheck.
 #include "autograd/gradcheck.h"
 #include "layers/ops/layout.h"
 #include "tests/test_util.h"
@@ -41,6 +41,19 @@ TEST(Layout, ConcatNamesBothShapesOnMismatch) {
   }
 }
 
+TEST(Layout, SplitGivesConsecutiveParts) {
+  Tensor x = testing::random_normal({3, 9}, 46);
+  std::vector<Var> parts = ops::split(leaf(x), -1, {2, 0, 7});
+  ASSERT_EQ(parts.size(), 3u);
+  EXPECT_EQ(parts[1]->value.shape(), (Shape{3, 0}));
+  std::vector<double> all = x.to_doubles(), first = parts[0]->value.to_doubles(), last = parts[2]->value.to_doubles();
+  for (int r = 0; r < 3; ++r) {
+    for (int c = 0; c < 2; ++c) EXPECT_EQ(first[size_t(r * 2 + c)], all[size_t(r * 9 + c)]);
+    for (int c = 0; c < 7; ++c) EXPECT_EQ(last[size_t(r * 7 + c)], all[size_t(r * 9 + 2 + c)]);
+  }
+  EXPECT_THROW(ops::split(leaf(x), 1, {2, 6}), Error);  // parts must cover the dimension
+}
+
 TEST(Layout, Gradcheck) {
   auto split_and_join = [](const std::vector<Var>& in) {
     Var left = ops::narrow(in[0], 1, 0, 2), right = ops::narrow(in[0], 1, 1, 3);
@@ -48,6 +61,13 @@ TEST(Layout, Gradcheck) {
   };
   auto result = autograd::gradcheck(split_and_join, {testing::random_normal({3, 4}, 44),
                                                      testing::random_normal({3, 2}, 45)});
+  EXPECT_TRUE(result.ok) << result.report;
+  // split, with one part unused: its slot of the gradient is zero.
+  auto split_parts = [](const std::vector<Var>& in) {
+    std::vector<Var> parts = ops::split(in[0], 0, {1, 2, 2});
+    return ops::reshape(ops::concat({parts[2], parts[0]}, 0), {-1});
+  };
+  result = autograd::gradcheck(split_parts, {testing::random_normal({5, 3}, 47)});
   EXPECT_TRUE(result.ok) << result.report;
 }
 

@@ -64,6 +64,48 @@ TEST_F(CudaRuntime, TransfersAndCastsRoundTrip) {
   EXPECT_EQ(got[7 + 4], src[7 + 2]);
 }
 
+// Device copies take several paths (one memcpy run, 16-byte vectors over aligned rows, a typed
+// element loop, a converting loop); each must move the same elements as the host copy.
+TEST_F(CudaRuntime, StridedCopiesAndFillsMatchTheHost) {
+  struct View {
+    Shape shape;
+    int64_t dim, start, length;  // narrow(dim, start, length) of a tensor of `shape`
+  };
+  const std::vector<View> views = {
+      {{1000003}, 0, 0, 1000003},  // one run
+      {{64, 96}, 1, 32, 64},       // aligned column block: vector rows
+      {{64, 96}, 1, 3, 29},        // misaligned column block: element loop
+      {{4, 6, 40}, 1, 1, 3},       // merges into rows of 120
+      {{300, 5}, 1, 2, 1},         // a strided column
+  };
+  const std::vector<std::pair<DType, DType>> casts = {{DType::f32, DType::f32}, {DType::bf16, DType::bf16},
+                                                      {DType::f32, DType::bf16}, {DType::bf16, DType::f32},
+                                                      {DType::f64, DType::f64}, {DType::f32, DType::f64}};
+  uint64_t seed = 500;
+  for (const View& view : views) {
+    for (const auto& [from, to] : casts) {
+      SCOPED_TRACE(shape_str(view.shape) + " " + dtype_name(from) + " -> " + dtype_name(to));
+      const Tensor host = testing::random_normal(view.shape, ++seed, from);
+      const Tensor host_part = host.narrow(view.dim, view.start, view.length);
+      const Tensor device_part = host.to(Device::cuda(0)).narrow(view.dim, view.start, view.length);
+      // Into a fresh contiguous tensor, and into the same window of another strided tensor.
+      EXPECT_EQ(device_part.to(to).to_doubles(), host_part.to(to).to_doubles());
+      Tensor host_target = testing::random_normal(view.shape, ++seed, to);
+      Tensor device_target = host_target.to(Device::cuda(0));
+      host_target.narrow(view.dim, view.start, view.length).copy_from(host_part);
+      device_target.narrow(view.dim, view.start, view.length).copy_from(device_part);
+      EXPECT_EQ(device_target.to_doubles(), host_target.to_doubles());
+    }
+    for (double value : {0.0, 2.5}) {
+      Tensor host_target = testing::random_normal(view.shape, ++seed, DType::bf16);
+      Tensor device_target = host_target.to(Device::cuda(0));
+      host_target.narrow(view.dim, view.start, view.length).fill_(value);
+      device_target.narrow(view.dim, view.start, view.length).fill_(value);
+      EXPECT_EQ(device_target.to_doubles(), host_target.to_doubles()) << "fill " << value;
+    }
+  }
+}
+
 TEST_F(CudaRuntime, PhiloxFillsMatchTheHost) {
   for (DType dtype : {DType::f32, DType::f64, DType::bf16}) {
     Tensor host_u = Tensor::empty({4099}, dtype), device_u = Tensor::empty({4099}, dtype, Device::cuda(0));
