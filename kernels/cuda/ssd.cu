@@ -45,6 +45,7 @@ constexpr int kTileThreads = 128;  // 4 warps x 16 rows
 constexpr int kScanThreads = 256;
 constexpr int kPassThreads = 256;  // state passing: 4 consecutive state elements per thread
 constexpr int kPassSlice = kPassThreads * 4;
+constexpr int kPassWarps = kPassThreads / 32;  // dLambda partials per slice
 constexpr int kTwoStageBudget = 113 * 1024;  // two CTAs per SM; beyond it, one stage
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -607,30 +608,36 @@ __global__ void __launch_bounds__(kPassThreads)
 
 // Reverse state passing (KERNELS.md 4.1): dstates[c] holds dS_out[c] on entry and dSloc[c] (the
 // gradient of the state leaving chunk c) on exit; dLambda_c = e^Lambda_c <S_in[c], dSloc[c]> is
-// written as one partial per CTA (slice of P·N), summed in order by the combine kernel.
+// written as one partial per warp (kPassWarps per slice of P·N), summed in order by the combine
+// kernel. The walk is sequential over chunks, so each step's loads are issued one chunk ahead and
+// the per-chunk reduction stays within warps (no block barriers on the critical path).
 __global__ void __launch_bounds__(kPassThreads)
     ssd_state_pass_back_kernel(Dims d, const float* hi, const float* lo, const float* states,
                                float* dstates, const float* d_final, float* d_initial,
-                               float* dlam_part, int slices) {
-  __shared__ float scratch[32];
-  const int bh = blockIdx.y;
+                               float* dlam_part, int partials) {
+  const int bh = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t PN = int64_t(d.head_dim) * d.state;
   const int64_t e = (int64_t(blockIdx.x) * kPassThreads + threadIdx.x) * 4;
   const bool active = e < PN;
   float4 grad = make_float4(0.f, 0.f, 0.f, 0.f);
   if (active && d_final) grad = *reinterpret_cast<const float4*>(d_final + bh * PN + e);
   const int64_t base = int64_t(bh) * d.chunks * PN + e;
+  const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+  auto load = [&](const float* from, int c) {
+    return active && c >= 0 ? *reinterpret_cast<const float4*>(from + base + c * PN) : zero;
+  };
+  auto carry_of = [&](int c) { return c >= 0 ? expf(fminf(chunk_total(d, hi, lo, bh, c), 0.0f)) : 0.0f; };
+  float4 out_next = load(dstates, d.chunks - 1), S_next = load(states, d.chunks - 1);
+  float carry_next = carry_of(d.chunks - 1);
   for (int c = d.chunks - 1; c >= 0; --c) {
-    const float carry = expf(fminf(chunk_total(d, hi, lo, bh, c), 0.0f));
-    float4 out = make_float4(0.f, 0.f, 0.f, 0.f), S = out;
-    if (active) {
-      out = *reinterpret_cast<const float4*>(dstates + base + c * PN);
-      S = *reinterpret_cast<const float4*>(states + base + c * PN);
-      *reinterpret_cast<float4*>(dstates + base + c * PN) = grad;
-    }
-    const float part =
-        block_sum(carry * (S.x * grad.x + S.y * grad.y + S.z * grad.z + S.w * grad.w), scratch);
-    if (threadIdx.x == 0) dlam_part[(int64_t(bh) * d.chunks + c) * slices + blockIdx.x] = part;
+    const float4 out = out_next, S = S_next;
+    const float carry = carry_next;
+    out_next = load(dstates, c - 1);
+    S_next = load(states, c - 1);
+    carry_next = carry_of(c - 1);
+    if (active) *reinterpret_cast<float4*>(dstates + base + c * PN) = grad;
+    const float part = warp_sum(carry * (S.x * grad.x + S.y * grad.y + S.z * grad.z + S.w * grad.w));
+    if (lane == 0) dlam_part[(int64_t(bh) * d.chunks + c) * partials + blockIdx.x * kPassWarps + warp] = part;
     grad = make_float4(out.x + carry * grad.x, out.y + carry * grad.y, out.z + carry * grad.z,
                        out.w + carry * grad.w);
   }
@@ -1267,7 +1274,7 @@ __global__ void __launch_bounds__(kScanThreads)
     ssd_combine_kernel(Dims d, const T* dt_raw, const float* dt_bias, const float* A_log,
                        const float* delta, const float* ddir, const float* eta,
                        const float* kappa, const float* grow, const float* gcol,
-                       const float* dlam_part, int slices, float* d_dt_raw, float* chunk_part) {
+                       const float* dlam_part, int partials, float* d_dt_raw, float* chunk_part) {
   __shared__ double scratch[32];
   const int c = blockIdx.x, bh = blockIdx.y, b = bh / d.heads, h = bh % d.heads;
   const int r = threadIdx.x;
@@ -1283,8 +1290,8 @@ __global__ void __launch_bounds__(kScanThreads)
   __shared__ double v_total;
   if (r == kScanThreads - 1) v_total = v_prefix;
   double dlam = 0;
-  const float* parts = dlam_part + (int64_t(bh) * d.chunks + c) * slices;
-  for (int s = 0; s < slices; ++s) dlam += double(parts[s]);
+  const float* parts = dlam_part + (int64_t(bh) * d.chunks + c) * partials;
+  for (int s = 0; s < partials; ++s) dlam += double(parts[s]);
   __syncthreads();
   // suffix_r = total - inclusive prefix + v_r (in double: no cancellation worth speaking of)
   const double da = (v_total - v_prefix + v) + (e_prefix - e) + dlam;
@@ -1383,6 +1390,8 @@ struct Layout {
 };
 
 int pass_slices(const SsdProblem& p) { return int(ceil_div(p.head_dim * p.state, kPassSlice)); }
+// dLambda partials per (sequence, head, chunk): one per warp of the reverse pass.
+int pass_partials(const SsdProblem& p) { return pass_slices(p) * kPassWarps; }
 int chunk_tiles(const SsdProblem& p) { return int(ceil_div(p.chunk, kTile)); }
 
 Layout make_layout(const SsdProblem& p, bool backward, DType dtype) {
@@ -1412,7 +1421,7 @@ Layout make_layout(const SsdProblem& p, bool backward, DType dtype) {
     l.kappa = take(per_chunk);
     l.grow = take(per_chunk);
     l.gcol = take(per_chunk);
-    l.dlam = take(BH * NC * size_t(pass_slices(p)));
+    l.dlam = take(BH * NC * size_t(pass_partials(p)));
     l.dD = take(BH * NC * size_t(chunk_tiles(p)));
     l.chunk = take(BH * NC * 2);
     if (p.heads != p.groups) {
@@ -1531,7 +1540,7 @@ void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* dy,
   const Layout l = make_layout(p, true, dtype);
   if (BH > 0 && d.chunks == 0) {  // T = 0: dS_init = dS_final; the parameters get zeros
     ssd_state_pass_back_kernel<<<dim3(slices, BH), kPassThreads, 0, stream>>>(
-        d, nullptr, nullptr, nullptr, nullptr, d_final, grads.initial_state, nullptr, slices);
+        d, nullptr, nullptr, nullptr, nullptr, d_final, grads.initial_state, nullptr, pass_partials(p));
     CUDA_CHECK_LAST_LAUNCH();
   }
   if (d.heads > 0 && (BH == 0 || d.chunks == 0)) {
@@ -1579,7 +1588,7 @@ void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* dy,
          stream>>>(d, dyt, dyt_lo, Cm, delta, hi, lo, true, dstates);
   CUDA_CHECK_LAST_LAUNCH();
   ssd_state_pass_back_kernel<<<dim3(slices, BH), kPassThreads, 0, stream>>>(
-      d, hi, lo, states, dstates, d_final, grads.initial_state, workspace + l.dlam, slices);
+      d, hi, lo, states, dstates, d_final, grads.initial_state, workspace + l.dlam, pass_partials(p));
   CUDA_CHECK_LAST_LAUNCH();
 
   const dim3 grid(tiles, d.chunks, BH);
@@ -1623,7 +1632,7 @@ void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* dy,
   ssd_combine_kernel<T><<<dim3(d.chunks, BH), kScanThreads, 0, stream>>>(
       d, static_cast<const T*>(in.dt_raw), in.dt_bias, in.A_log, delta, workspace + l.ddir,
       workspace + l.eta, workspace + l.kappa, workspace + l.grow, workspace + l.gcol,
-      workspace + l.dlam, slices, grads.dt_raw, workspace + l.chunk);
+      workspace + l.dlam, pass_partials(p), grads.dt_raw, workspace + l.chunk);
   CUDA_CHECK_LAST_LAUNCH();
   ssd_params_kernel<<<d.heads, 256, 0, stream>>>(d, in.A_log, workspace + l.chunk,
                                                  workspace + l.dD, tiles, grads.A_log,
