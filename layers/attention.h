@@ -10,6 +10,7 @@
 namespace braid {
 
 class Linear;
+struct InferenceStep;
 
 struct AttentionShape {
   int64_t n_heads = 0, n_kv_heads = 0;
@@ -31,6 +32,14 @@ class Attention : public Mixer {
   };
   Outputs attend(const autograd::Var& x) const;
   autograd::Var forward(const autograd::Var& x) const override;  // o_proj(attend(x).heads)
+
+  // attend() over the step's tokens with the K/V cache (layers/inference_cache.h): a prefill chunk
+  // from position 0 runs the training attention; a later chunk or a decode step reads the cache.
+  Outputs attend_cached(const autograd::Var& x, LayerCache& cache, const InferenceStep& step) const;
+  autograd::Var forward_cached(const autograd::Var& x, LayerCache& cache,
+                               const InferenceStep& step) const override;
+  // k and v only; W layers hold min(max_length, sink + window) slots.
+  LayerCache allocate_cache(int64_t batch, int64_t max_length, DType dtype, Device device) const override;
 
  private:
   AttentionShape shape_;

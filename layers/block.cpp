@@ -108,4 +108,10 @@ autograd::Var Block::forward(const autograd::Var& x) const {
   return ops::add(h.sum, ffn_->forward(h.normed));
 }
 
+autograd::Var Block::forward_cached(const autograd::Var& x, LayerCache& cache, const InferenceStep& step) const {
+  autograd::Var mixed = mixer_->forward_cached(mixer_norm_->forward(x), cache, step);
+  ops::AddRmsnormResult h = ops::add_rmsnorm(mixed, x, ffn_norm_->weight(), ffn_norm_->eps());
+  return ops::add(h.sum, ffn_->forward_inference(h.normed, step));
+}
+
 }  // namespace braid

@@ -16,6 +16,9 @@ class Block : public Module {
  public:
   Block(const ModelConfig& config, char kind, const TensorOptions& options);
   autograd::Var forward(const autograd::Var& x) const;
+  // forward over the step's tokens with this layer's caches (layers/inference_cache.h).
+  autograd::Var forward_cached(const autograd::Var& x, LayerCache& cache, const InferenceStep& step) const;
+  const Mixer& mixer() const { return *mixer_; }
   char kind() const { return kind_; }
   MoE* moe() const { return moe_; }  // nullptr for a dense FFN
 

@@ -20,6 +20,10 @@ autograd::Var SwiGLU::forward(const autograd::Var& x) const {
   return down_proj_->forward(ops::swiglu(gate_proj_->forward(x), up_proj_->forward(x)));
 }
 
+autograd::Var SwiGLU::forward_inference(const autograd::Var& x, const InferenceStep& step) const {
+  return project(*down_proj_, ops::swiglu(project(*gate_proj_, x, &step), project(*up_proj_, x, &step)), &step);
+}
+
 MoE::MoE(int64_t d_model, const FfnConfig& config, const TensorOptions& options, double init_std,
          double output_std)
     : config_(config) {
@@ -33,11 +37,20 @@ MoE::MoE(int64_t d_model, const FfnConfig& config, const TensorOptions& options,
   load_ = Tensor::zeros({config.n_experts}, DType::i64);
 }
 
-autograd::Var MoE::forward(const autograd::Var& x) const {
+autograd::Var MoE::forward(const autograd::Var& x) const { return run(x, nullptr); }
+
+autograd::Var MoE::forward_inference(const autograd::Var& x, const InferenceStep& step) const {
+  return run(x, &step);
+}
+
+autograd::Var MoE::run(const autograd::Var& x, const InferenceStep* step) const {
+  auto expert = [&](const SwiGLU& ffn, const autograd::Var& in) {
+    return step ? ffn.forward_inference(in, *step) : ffn.forward(in);
+  };
   const Shape shape = x->value.shape();
   const int64_t d = shape.back();
   autograd::Var tokens = ops::reshape(x, {-1, d});
-  ops::RouteResult route = ops::moe_route(router_->forward(tokens), routing_bias_, config_.top_k);
+  ops::RouteResult route = ops::moe_route(project(*router_, tokens, step), routing_bias_, config_.top_k);
   if (autograd::grad_enabled()) {  // training forwards only (a recompute replay counts once)
     const int64_t* routed = route.load.data<int64_t>();
     int64_t* total = load_.data<int64_t>();
@@ -49,10 +62,10 @@ autograd::Var MoE::forward(const autograd::Var& x) const {
   std::vector<autograd::Var> outputs;
   for (int64_t e = 0; e < config_.n_experts; ++e) {
     const int64_t count = offsets[e + 1] - offsets[e];
-    if (count > 0) outputs.push_back(experts_[size_t(e)]->forward(ops::narrow(gathered, 0, offsets[e], count)));
+    if (count > 0) outputs.push_back(expert(*experts_[size_t(e)], ops::narrow(gathered, 0, offsets[e], count)));
   }
   autograd::Var routed = ops::moe_combine(ops::concat(outputs, 0), route.weights, route);
-  return ops::reshape(ops::add(shared_->forward(tokens), routed), shape);
+  return ops::reshape(ops::add(expert(*shared_, tokens), routed), shape);
 }
 
 void MoE::update_routing_bias() {

@@ -15,6 +15,7 @@ class SwiGLU : public FeedForward {
  public:
   SwiGLU(int64_t d_model, int64_t d_ffn, const TensorOptions& options, double init_std, double output_std);
   autograd::Var forward(const autograd::Var& x) const override;  // down(SiLU(gate x) ⊙ up x)
+  autograd::Var forward_inference(const autograd::Var& x, const InferenceStep& step) const override;
 
  private:
   Linear *gate_proj_, *up_proj_, *down_proj_;
@@ -25,6 +26,7 @@ class MoE : public FeedForward {
   MoE(int64_t d_model, const FfnConfig& config, const TensorOptions& options, double init_std,
       double output_std);
   autograd::Var forward(const autograd::Var& x) const override;
+  autograd::Var forward_inference(const autograd::Var& x, const InferenceStep& step) const override;
 
   // bias_e += rate * sign(mean load - load_e) from the loads routed since the last call; then the
   // count restarts. Called once per optimizer step.
@@ -33,6 +35,8 @@ class MoE : public FeedForward {
   const Tensor& load_since_update() const { return load_; }
 
  private:
+  autograd::Var run(const autograd::Var& x, const InferenceStep* step) const;  // step: null in training
+
   FfnConfig config_;
   SwiGLU* shared_;
   Linear* router_;

@@ -34,6 +34,17 @@ autograd::Var HybridLM::hidden(const autograd::Var& ids) const {
   return final_norm_->forward(x);
 }
 
+autograd::Var HybridLM::hidden_cached(const autograd::Var& ids, std::vector<LayerCache>& caches,
+                                      const InferenceStep& step) const {
+  BRAID_CHECK(ids->value.dim() == 2, "model input ids must be (batch, time), got shape ",
+              shape_str(ids->value.shape()));
+  BRAID_CHECK(caches.size() == blocks_.size(), "hidden_cached: ", caches.size(), " caches for ",
+              blocks_.size(), " blocks");
+  autograd::Var x = ops::cast(embed_->forward(ids), activation_dtype_);
+  for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward_cached(x, caches[i], step);
+  return final_norm_->forward(x);
+}
+
 autograd::Var HybridLM::logits(const autograd::Var& ids) const { return embed_->logits(hidden(ids)); }
 
 autograd::Var HybridLM::loss(const autograd::Var& ids, const autograd::Var& targets) const {

@@ -18,6 +18,9 @@ class HybridLM : public Module {
   autograd::Var hidden(const autograd::Var& ids) const;
   // (B, T, vocab)
   autograd::Var logits(const autograd::Var& ids) const;
+  // hidden() over the step's tokens with one cache per block (layers/inference_cache.h; no tape).
+  autograd::Var hidden_cached(const autograd::Var& ids, std::vector<LayerCache>& caches,
+                              const InferenceStep& step) const;
   // Mean next-token cross-entropy of `ids` against `targets` (both (B, T)).
   autograd::Var loss(const autograd::Var& ids, const autograd::Var& targets) const;
 

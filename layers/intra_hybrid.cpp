@@ -53,7 +53,28 @@ autograd::Var IntraHybrid::forward(const autograd::Var& x) const {
   Attention::Outputs attention = attn_->attend(x);
   const bool shared = config_.value_sharing == Config::ValueSharing::shared;
   Mamba2::Outputs mamba = ssm_->branch(x, shared ? attention.value : nullptr);
-  autograd::Var a = attention.heads;           // (B, T, v_dim)
+  return fuse(x, attention.heads, mamba, nullptr);
+}
+
+autograd::Var IntraHybrid::forward_cached(const autograd::Var& x, LayerCache& cache,
+                                          const InferenceStep& step) const {
+  Attention::Outputs attention = attn_->attend_cached(x, cache, step);
+  const bool shared = config_.value_sharing == Config::ValueSharing::shared;
+  Mamba2::Outputs mamba = ssm_->branch_cached(x, cache, step, shared ? attention.value : nullptr);
+  return fuse(x, attention.heads, mamba, &step);
+}
+
+LayerCache IntraHybrid::allocate_cache(int64_t batch, int64_t max_length, DType dtype, Device device) const {
+  LayerCache cache = attn_->allocate_cache(batch, max_length, dtype, device);
+  LayerCache mamba = ssm_->allocate_cache(batch, max_length, dtype, device);
+  cache.conv = mamba.conv;
+  cache.ssm = mamba.ssm;
+  return cache;
+}
+
+autograd::Var IntraHybrid::fuse(const autograd::Var& x, autograd::Var a, const Mamba2::Outputs& mamba,
+                                const InferenceStep* step) const {
+  // a: the attention heads (B, T, v_dim)
   autograd::Var m = ops::swiglu(mamba.z, mamba.y);  // y ⊙ SiLU(z), (B, T, d_ssm)
 
   if (config_.norm == Config::Norm::group) {
@@ -68,7 +89,7 @@ autograd::Var IntraHybrid::forward(const autograd::Var& x) const {
       break;
     case Config::Scaling::scalar: a = ops::mul_scalar(a, scale_attn_); break;
     case Config::Scaling::gate: {
-      autograd::Var gate = ops::sigmoid(gate_proj_->forward(x));
+      autograd::Var gate = ops::sigmoid(project(*gate_proj_, x, step));
       const std::vector<autograd::Var> gates = ops::split(gate, -1, {a->value.size(-1), m->value.size(-1)});
       a = ops::mul(a, gates[0]);
       m = ops::mul(m, gates[1]);
@@ -78,13 +99,13 @@ autograd::Var IntraHybrid::forward(const autograd::Var& x) const {
 
   const bool subtract = config_.fusion == Config::Fusion::subtract;
   if (config_.output == Config::Output::separate) {
-    autograd::Var om = out_ssm_->forward(m), oa = out_attn_->forward(a);
+    autograd::Var om = project(*out_ssm_, m, step), oa = project(*out_attn_, a, step);
     return subtract ? ops::sub(om, oa) : ops::add(om, oa);
   }
   switch (config_.fusion) {
-    case Config::Fusion::subtract: return out_proj_->forward(ops::sub(m, a));
-    case Config::Fusion::add: return out_proj_->forward(ops::add(m, a));
-    case Config::Fusion::concat: return out_proj_->forward(ops::concat({m, a}, -1));
+    case Config::Fusion::subtract: return project(*out_proj_, ops::sub(m, a), step);
+    case Config::Fusion::add: return project(*out_proj_, ops::add(m, a), step);
+    case Config::Fusion::concat: return project(*out_proj_, ops::concat({m, a}, -1), step);
   }
   return nullptr;
 }

@@ -15,8 +15,16 @@ class IntraHybrid : public Mixer {
               const MambaShape& mamba_shape, const TensorOptions& options, double init_std,
               double output_std);
   autograd::Var forward(const autograd::Var& x) const override;
+  autograd::Var forward_cached(const autograd::Var& x, LayerCache& cache,
+                               const InferenceStep& step) const override;
+  // The attention branch's k and v and the Mamba branch's conv and ssm.
+  LayerCache allocate_cache(int64_t batch, int64_t max_length, DType dtype, Device device) const override;
 
  private:
+  // Norms, scaling, fusion and output projections of the two branch outputs (step: null in training).
+  autograd::Var fuse(const autograd::Var& x, autograd::Var a, const Mamba2::Outputs& mamba,
+                     const InferenceStep* step) const;
+
   IntraHybridConfig config_;
   int64_t attn_heads_, ssm_heads_;
   Attention* attn_;

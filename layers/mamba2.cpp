@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "layers/basic.h"
+#include "layers/ops/decode.h"
 #include "layers/ops/conv1d.h"
 #include "layers/ops/gated_rmsnorm.h"
 #include "layers/ops/layout.h"
@@ -33,31 +34,87 @@ Mamba2::Mamba2(int64_t d_model, const MambaShape& shape, bool standalone, bool s
   }
 }
 
-Mamba2::Outputs Mamba2::branch(const autograd::Var& x, const autograd::Var& shared_x) const {
+Mamba2::Projected Mamba2::split_projection(const autograd::Var& zxbcdt, const autograd::Var& shared_x) const {
   BRAID_CHECK((shared_x != nullptr) == shared_x_, "mamba branch built ",
               shared_x_ ? "with" : "without", " a shared x input, called ", shared_x ? "with" : "without", " one");
-  const int64_t batch = x->value.size(0), time = x->value.size(1);
   const int64_t di = shape_.d_ssm, gn = shape_.n_groups * shape_.d_state, heads = shape_.n_heads();
-  autograd::Var zxbcdt = in_proj_->forward(x);
   // With a shared x the projection holds only B and C between z and dt.
   const std::vector<autograd::Var> parts = ops::split(zxbcdt, -1, {di, shared_x_ ? 2 * gn : di + 2 * gn, heads});
-  autograd::Var z = parts[0], dt = parts[2];
-  autograd::Var xbc = shared_x_ ? ops::concat({shared_x, parts[1]}, -1) : parts[1];
-  autograd::Var conv = ops::conv1d(xbc, conv_weight_, conv_bias_, nullptr).out;
-  const std::vector<autograd::Var> xbc_parts = ops::split(conv, -1, {di, gn, gn});
-  autograd::Var xs = ops::reshape(xbc_parts[0], {batch, time, heads, shape_.head_dim});
-  autograd::Var B = ops::reshape(xbc_parts[1], {batch, time, shape_.n_groups, shape_.d_state});
-  autograd::Var C = ops::reshape(xbc_parts[2], {batch, time, shape_.n_groups, shape_.d_state});
+  Projected out;
+  out.z = parts[0];
+  out.xbc = shared_x_ ? ops::concat({shared_x, parts[1]}, -1) : parts[1];
+  out.dt = parts[2];
+  return out;
+}
+
+Mamba2::Outputs Mamba2::branch(const autograd::Var& x, const autograd::Var& shared_x) const {
+  const int64_t batch = x->value.size(0), time = x->value.size(1);
+  const int64_t di = shape_.d_ssm, gn = shape_.n_groups * shape_.d_state, heads = shape_.n_heads();
+  Projected in = split_projection(in_proj_->forward(x), shared_x);
+  autograd::Var conv = ops::conv1d(in.xbc, conv_weight_, conv_bias_, nullptr).out;
+  const std::vector<autograd::Var> xbc = ops::split(conv, -1, {di, gn, gn});
+  autograd::Var xs = ops::reshape(xbc[0], {batch, time, heads, shape_.head_dim});
+  autograd::Var B = ops::reshape(xbc[1], {batch, time, shape_.n_groups, shape_.d_state});
+  autograd::Var C = ops::reshape(xbc[2], {batch, time, shape_.n_groups, shape_.d_state});
   ops::SsdOptions options;
   options.chunk = shape_.chunk;
-  autograd::Var y = ops::ssd(xs, dt, dt_bias_, A_log_, B, C, D_, nullptr, options).y;
-  return {ops::reshape(y, {batch, time, di}), z};
+  autograd::Var y = ops::ssd(xs, in.dt, dt_bias_, A_log_, B, C, D_, nullptr, options).y;
+  return {ops::reshape(y, {batch, time, di}), in.z};
+}
+
+LayerCache Mamba2::allocate_cache(int64_t batch, int64_t, DType dtype, Device device) const {
+  const int64_t channels = shape_.d_ssm + 2 * shape_.n_groups * shape_.d_state;
+  // The SSM state is fp32 (KERNELS.md 6.1); the CPU's f64 models keep it in f64.
+  const DType state_dtype = dtype == DType::f64 ? DType::f64 : DType::f32;
+  LayerCache cache;
+  cache.conv = Tensor::zeros({batch, channels, shape_.conv_width - 1}, dtype, device);
+  cache.ssm = Tensor::zeros({batch, shape_.n_heads(), shape_.head_dim, shape_.d_state}, state_dtype, device);
+  return cache;
+}
+
+Mamba2::Outputs Mamba2::branch_cached(const autograd::Var& x, LayerCache& cache, const InferenceStep& step,
+                                      const autograd::Var& shared_x) const {
+  const int64_t batch = x->value.size(0), time = x->value.size(1);
+  const int64_t di = shape_.d_ssm, gn = shape_.n_groups * shape_.d_state, heads = shape_.n_heads();
+  const int64_t groups = shape_.n_groups, n = shape_.d_state, p = shape_.head_dim;
+  Projected in = split_projection(project(*in_proj_, x, &step), shared_x);
+  ops::SsdOptions options;
+  options.chunk = shape_.chunk;
+  if (step.decoding()) {
+    const int64_t channels = in.xbc->value.size(-1);
+    Tensor conv = ops::conv_state_update(cache.conv, in.xbc->value.reshape({batch, channels}), conv_weight_->value,
+                                         conv_bias_->value);
+    Tensor y = ops::ssm_state_update(cache.ssm, conv.narrow(1, 0, di).contiguous().reshape({batch, heads, p}),
+                                     in.dt->value.reshape({batch, heads}), dt_bias_->value, A_log_->value,
+                                     conv.narrow(1, di, gn).contiguous().reshape({batch, groups, n}),
+                                     conv.narrow(1, di + gn, gn).contiguous().reshape({batch, groups, n}),
+                                     D_->value, options);
+    return {autograd::leaf(y.reshape({batch, 1, di})), in.z};
+  }
+  // Prefill of one sequence: continue from its states unless it starts afresh, then keep the final ones.
+  Tensor conv_row = cache.conv.narrow(0, step.row, 1), ssm_row = cache.ssm.narrow(0, step.row, 1);
+  const bool fresh = step.start == 0;
+  ops::Conv1dOutput conv = ops::conv1d(in.xbc, conv_weight_, conv_bias_, fresh ? nullptr : autograd::leaf(conv_row));
+  autograd::Var xs = ops::reshape(ops::narrow(conv.out, -1, 0, di), {batch, time, heads, p});
+  autograd::Var B = ops::reshape(ops::narrow(conv.out, -1, di, gn), {batch, time, groups, n});
+  autograd::Var C = ops::reshape(ops::narrow(conv.out, -1, di + gn, gn), {batch, time, groups, n});
+  ops::SsdOutputs scan = ops::ssd(xs, in.dt, dt_bias_, A_log_, B, C, D_, fresh ? nullptr : autograd::leaf(ssm_row),
+                                  options);
+  conv_row.copy_from(conv.final_state->value);
+  ssm_row.copy_from(scan.final_state->value);
+  return {ops::reshape(scan.y, {batch, time, di}), in.z};
 }
 
 autograd::Var Mamba2::forward(const autograd::Var& x) const {
   BRAID_CHECK(out_proj_ != nullptr, "mamba branch without norm and out_proj used as a mixer");
   Outputs out = branch(x);
   return out_proj_->forward(ops::gated_rmsnorm(out.y, out.z, norm_weight_, shape_.n_groups, norm_eps_));
+}
+
+autograd::Var Mamba2::forward_cached(const autograd::Var& x, LayerCache& cache, const InferenceStep& step) const {
+  BRAID_CHECK(out_proj_ != nullptr, "mamba branch without norm and out_proj used as a mixer");
+  Outputs out = branch_cached(x, cache, step);
+  return project(*out_proj_, ops::gated_rmsnorm(out.y, out.z, norm_weight_, shape_.n_groups, norm_eps_), &step);
 }
 
 }  // namespace braid

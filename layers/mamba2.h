@@ -31,11 +31,26 @@ class Mamba2 : public Mixer {
   Outputs branch(const autograd::Var& x, const autograd::Var& shared_x = nullptr) const;
   autograd::Var forward(const autograd::Var& x) const override;  // out_proj(gated_rmsnorm(y, z))
 
+  // branch() over the step's tokens with the conv and SSM states (layers/inference_cache.h): a
+  // prefill chunk runs the training conv and scan from the cached states and stores their final
+  // states; a decode step runs the one-token state updates.
+  Outputs branch_cached(const autograd::Var& x, LayerCache& cache, const InferenceStep& step,
+                        const autograd::Var& shared_x = nullptr) const;
+  autograd::Var forward_cached(const autograd::Var& x, LayerCache& cache,
+                               const InferenceStep& step) const override;
+  // conv and ssm only.
+  LayerCache allocate_cache(int64_t batch, int64_t max_length, DType dtype, Device device) const override;
+
  private:
   MambaShape shape_;
   bool shared_x_;
   double norm_eps_;
   Linear* in_proj_;
+  struct Projected {
+    autograd::Var z, xbc, dt;  // the gate, the conv input (x | B | C), the raw dt
+  };
+  Projected split_projection(const autograd::Var& zxbcdt, const autograd::Var& shared_x) const;
+
   autograd::Var conv_weight_, conv_bias_, dt_bias_, A_log_, D_, norm_weight_;
   Linear* out_proj_ = nullptr;
 };

@@ -1,0 +1,66 @@
+// Decode kernels on CUDA (KERNELS.md section 6), the twins of kernels/cpu/decode.h: attention of new
+// tokens over a KV cache (B, Hk, S, D), KV cache writes, RoPE at per-sequence positions, and the
+// one-token conv-state (B, C, W-1) and fp32 SSM-state (B, H, P, N) updates. Activations are f32 or
+// bf16 (`dtype`), parameters and the SSM state fp32, lengths/positions/slots int32 on the device.
+// Parallel strategy: cache attention splits each (token, query head) row along the cache into
+// chunks of kCacheAttentionSplit slots, one CTA each (scores by warps, P·V by threads over D), and
+// merges the partials with their LSE (KERNELS.md 6.3); the SSM update gives each warp rows p of one
+// head's P x N state (lanes over N); conv, RoPE and cache writes use one thread per element.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "runtime/dtype.h"
+
+namespace braid::kernels::cuda {
+
+struct CacheAttentionDims {
+  int64_t batch = 0, queries = 0, q_heads = 0, kv_heads = 0, qk_dim = 0, v_dim = 0, capacity = 0;
+};
+
+// Slots one CTA of cache attention scans; longer caches are split and the partials merged.
+constexpr int64_t kCacheAttentionSplit = 512;
+
+// Splits cache_attention uses for these dims (1 when the rows alone fill the card), and the fp32
+// workspace it needs: a partial output (Dv) and an LSE per (row, split); 0 when splits == 1.
+int64_t cache_attention_splits(const CacheAttentionDims& dims);
+size_t cache_attention_workspace_floats(const CacheAttentionDims& dims);
+
+// q (B, Tq, Hq, Dqk), caches (B, Hk, S, D) -> out (B, Tq, Hq, Dv); query t of sequence b sits at
+// slot lengths[b] - Tq + t and sees slot s iff s <= it and (window == 0 or it - s < window or
+// s < sink). `workspace` holds cache_attention_workspace_floats(dims) floats (may be null if 0).
+void cache_attention(const void* q, const void* k_cache, const void* v_cache, const int32_t* lengths,
+                     void* out, const CacheAttentionDims& dims, int64_t window, int64_t sink,
+                     float scale, float* workspace, DType dtype, cudaStream_t stream);
+
+// cache[b, h, slots[b, t], :] = values[b, t, h, :]; values (B, Tq, H, D); negative slots skipped.
+void kv_cache_write(void* cache, const void* values, const int32_t* slots, int64_t batch, int64_t time,
+                    int64_t heads, int64_t capacity, int64_t dim, DType dtype, cudaStream_t stream);
+
+// The kernel takes the D/2 inverse frequencies by value (host memory here), at most this many.
+constexpr int64_t kDecodeRopeMaxHalfDim = 128;
+
+// x, out (B, Tq, H, D); token t of sequence b at position positions[b] + t; angles in double.
+void rope_at_positions(const void* x, void* out, const double* inverse_frequencies,
+                       const int32_t* positions, int64_t batch, int64_t time, int64_t heads,
+                       int64_t head_dim, DType dtype, cudaStream_t stream);
+
+// state (B, C, W-1) of `dtype`, updated in place; x, out (B, C); weight (C, W), bias (C) fp32.
+void conv_state_update(void* state, const void* x, const float* weight, const float* bias, void* out,
+                       int64_t batch, int64_t channels, int64_t width, bool apply_silu, DType dtype,
+                       cudaStream_t stream);
+
+struct SsmStepDims {
+  int64_t batch = 0, heads = 0, head_dim = 0, groups = 0, state = 0;
+  float dt_min = 0, dt_max = 0;  // the delta clamp; pass +inf for none
+};
+
+// state (B, H, P, N) fp32 in place; x, y (B, H, P), dt_raw (B, H), B, C (B, G, N) of `dtype`;
+// dt_bias, A_log, D (H) fp32.
+void ssm_state_update(float* state, const void* x, const void* dt_raw, const float* dt_bias,
+                      const float* A_log, const void* B, const void* C, const float* D, void* y,
+                      const SsmStepDims& dims, DType dtype, cudaStream_t stream);
+
+}  // namespace braid::kernels::cuda

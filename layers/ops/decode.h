@@ -1,0 +1,37 @@
+// Inference-only ops over the decode caches (KERNELS.md section 6; kernels/cpu/decode.h for the
+// exact contracts). They run under no-grad, so they take and return plain Tensors and record no
+// autograd node; each checks its arguments and dispatches to the CPU or CUDA kernel. Lengths,
+// positions and slots are i32 tensors on the activations' device.
+#pragma once
+
+#include "layers/ops/attention.h"
+#include "layers/ops/rope.h"
+#include "layers/ops/ssd.h"
+#include "runtime/tensor.h"
+
+namespace braid::ops {
+
+// q (B, Tq, Hq, Dqk) over k_cache (B, Hk, S, Dqk), v_cache (B, Hk, S, Dv), lengths (B) ->
+// (B, Tq, Hq, Dv). Query t of sequence b sits at slot lengths[b] - Tq + t; options.window/sink mask
+// in slot coordinates.
+Tensor cache_attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                       const Tensor& lengths, const AttentionOptions& options);
+
+// cache (B, H, S, D) contiguous, written in place: cache[b, :, slots[b, t]] = values[b, t];
+// values (B, Tq, H, D), slots (B, Tq), negative = skip.
+void kv_cache_write(const Tensor& cache, const Tensor& values, const Tensor& slots);
+
+// RoPE of x (B, Tq, H, D) with token t of sequence b at position positions[b] + t.
+Tensor rope_at_positions(const Tensor& x, const Tensor& positions, const RopeConfig& config);
+
+// One conv token: state (B, C, W-1) updated in place, x (B, C) -> SiLU(conv) (B, C).
+Tensor conv_state_update(const Tensor& state, const Tensor& x, const Tensor& weight, const Tensor& bias,
+                         bool silu = true);
+
+// One SSM token: state (B, H, P, N) (fp32; x's dtype on the CPU) updated in place, x (B, H, P),
+// dt_raw (B, H), B and C (B, G, N), dt_bias, A_log, D (H) -> y (B, H, P), D skip included.
+Tensor ssm_state_update(const Tensor& state, const Tensor& x, const Tensor& dt_raw,
+                        const Tensor& dt_bias, const Tensor& A_log, const Tensor& B, const Tensor& C,
+                        const Tensor& D, const SsdOptions& options);
+
+}  // namespace braid::ops
