@@ -103,15 +103,15 @@ struct RowSplit {
   }
 };
 
-template <typename T>
+template <typename T, typename G>
 __global__ void __launch_bounds__(kWideRowThreads)
-    cross_entropy_rows_kernel(T* logits, int64_t ld, const int64_t* targets, float* lse,
-                              float* row_loss, bool write_gradient, float grad_scale,
-                              int64_t vocab, int64_t first_row, int64_t* first_bad_row) {
+    cross_entropy_rows_kernel(const T* logits, int64_t ld, const int64_t* targets, float* lse,
+                              float* row_loss, G* gradient, float grad_scale, int64_t vocab,
+                              int64_t first_row, int64_t* first_bad_row) {
   constexpr int N = kVector<T>;
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
-  T* row = logits + r * ld;
+  const T* row = logits + r * ld;
   const int64_t target = targets[r];
   const bool valid = target >= 0 && target < vocab;
 
@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(kWideRowThreads)
 
   // Stage 1: this thread's running max and rescaled sum of exponentials.
   const RowSplit<T> split(row, vocab);
-  uint4* body = reinterpret_cast<uint4*>(row + split.head);
+  const uint4* body = reinterpret_cast<const uint4*>(row + split.head);
   OnlineSoftmax mine;
   for (int64_t j = threadIdx.x; j < split.head; j += blockDim.x) mine.add(to_float(row[j]));
   for (int64_t i = threadIdx.x; i < split.vectors; i += blockDim.x) {
@@ -143,24 +143,30 @@ __global__ void __launch_bounds__(kWideRowThreads)
     if (lse) lse[r] = row_lse;
     row_loss[r] = valid ? row_lse - target_logit : 0.0f;
   }
-  if (!write_gradient) return;
+  if (!gradient) return;
 
-  // Stage 3: d_logits = (softmax - one-hot) * grad_scale over the row, in place (each element is
-  // read and then written by the same thread).
-  auto gradient = [&](int64_t j, float x) {
+  // Stage 3: d_logits = (softmax - one-hot) * grad_scale over the row, into `gradient` (which may
+  // be the logits themselves: each element is read and then written by the same thread).
+  auto gradient_of = [&](int64_t j, float x) {
     return (expf(x - row_lse) - (j == target ? 1.0f : 0.0f)) * grad_scale;
   };
+  G* out = gradient + r * ld;
+  const bool vector_stores = reinterpret_cast<uintptr_t>(out + split.head) % (N * sizeof(G)) == 0;
   for (int64_t j = threadIdx.x; j < split.head; j += blockDim.x)
-    row[j] = from_float<T>(gradient(j, to_float(row[j])));
+    out[j] = from_float<G>(gradient_of(j, to_float(row[j])));
   for (int64_t i = threadIdx.x; i < split.vectors; i += blockDim.x) {
     float x[N];
     unpack<T>(body[i], x);
     const int64_t first = split.head + i * N;
-    for (int k = 0; k < N; ++k) x[k] = gradient(first + k, x[k]);
-    body[i] = pack<T>(x);
+    for (int k = 0; k < N; ++k) x[k] = gradient_of(first + k, x[k]);
+    if (vector_stores) {
+      store_floats<G, N>(out + first, x);
+    } else {
+      for (int k = 0; k < N; ++k) out[first + k] = from_float<G>(x[k]);
+    }
   }
   for (int64_t j = split.tail + threadIdx.x; j < vocab; j += blockDim.x)
-    row[j] = from_float<T>(gradient(j, to_float(row[j])));
+    out[j] = from_float<G>(gradient_of(j, to_float(row[j])));
 }
 
 // Block (r, tile): d_logits[r, j] for j in the tile.
@@ -215,19 +221,26 @@ unsigned elementwise_blocks(int64_t n) {
 
 }  // namespace
 
-void cross_entropy_rows(void* logits, int64_t ld, const int64_t* targets, float* lse,
-                        float* row_loss, bool write_gradient, float grad_scale, int64_t rows,
-                        int64_t vocab, int64_t first_row, int64_t* first_bad_row, DType dtype,
-                        cudaStream_t stream) {
+void cross_entropy_rows(const void* logits, int64_t ld, const int64_t* targets, float* lse,
+                        float* row_loss, void* gradient, DType gradient_dtype, float grad_scale,
+                        int64_t rows, int64_t vocab, int64_t first_row, int64_t* first_bad_row,
+                        DType dtype, cudaStream_t stream) {
   BRAID_CHECK(rows >= 0 && vocab > 0 && ld >= vocab, "cuda cross_entropy_rows: rows ", rows,
               ", vocab ", vocab, ", row stride ", ld);
+  BRAID_CHECK(!gradient || gradient_dtype == dtype || gradient_dtype == DType::bf16,
+              "cuda cross_entropy_rows: a ", dtype_name(gradient_dtype), " gradient of ", dtype_name(dtype),
+              " logits (the gradient is written in the logits' dtype or in bf16)");
   if (rows == 0) return;
   const int threads = vocab >= kWideRowMin ? kWideRowThreads : kNarrowRowThreads;
   dispatch_activation("cross_entropy", dtype, [&]<typename T>() {
-    cross_entropy_rows_kernel<T><<<unsigned(rows), threads, 0, stream>>>(
-        static_cast<T*>(logits), ld, targets, lse, row_loss, write_gradient, grad_scale, vocab,
-        first_row, first_bad_row);
-    CUDA_CHECK_LAST_LAUNCH();
+    auto launch = [&]<typename G>() {
+      cross_entropy_rows_kernel<T, G><<<unsigned(rows), threads, 0, stream>>>(
+          static_cast<const T*>(logits), ld, targets, lse, row_loss, static_cast<G*>(gradient), grad_scale,
+          vocab, first_row, first_bad_row);
+      CUDA_CHECK_LAST_LAUNCH();
+    };
+    if (gradient && gradient_dtype != dtype) launch.template operator()<__nv_bfloat16>();
+    else launch.template operator()<T>();
   });
 }
 

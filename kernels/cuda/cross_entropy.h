@@ -17,16 +17,18 @@ namespace braid::kernels::cuda {
 // Per row r of logits (rows, vocab), stored with row stride ld >= vocab, in `dtype`:
 //   lse[r]      = log sum_j exp(logits[r, j])        (f32; skipped when lse is null)
 //   row_loss[r] = lse[r] - logits[r, t_r]            (f32)
-// and with write_gradient each row is then overwritten in place (in `dtype`) by its gradient
-//   logits[r, j] = (softmax(logits[r])[j] - [j == t_r]) * grad_scale.
+// and, when `gradient` is given (same row stride, in `dtype` or bf16; it may be the logits
+// themselves, overwritten in place), each row's gradient
+//   gradient[r, j] = (softmax(logits[r])[j] - [j == t_r]) * grad_scale.
 // Columns vocab..ld are never touched. A target outside [0, vocab) gives row_loss 0 and no one-hot
 // term, and lowers *first_bad_row (device i64) to first_row + r with atomicMin, where first_row
 // is the index of these rows among all the caller's rows (chunked calls): the caller sets the flag
-// to a value past its rows before the first launch and reads it back after the last one.
-void cross_entropy_rows(void* logits, int64_t ld, const int64_t* targets, float* lse,
-                        float* row_loss, bool write_gradient, float grad_scale, int64_t rows,
-                        int64_t vocab, int64_t first_row, int64_t* first_bad_row, DType dtype,
-                        cudaStream_t stream);
+// to a value past its rows before the first launch and reads it back after the last one. (The CPU
+// twin writes the gradient in place only; the bf16 output here saves the LM head a rounding pass.)
+void cross_entropy_rows(const void* logits, int64_t ld, const int64_t* targets, float* lse,
+                        float* row_loss, void* gradient, DType gradient_dtype, float grad_scale,
+                        int64_t rows, int64_t vocab, int64_t first_row, int64_t* first_bad_row,
+                        DType dtype, cudaStream_t stream);
 
 // d_logits (rows, vocab) f32, contiguous, written fresh:
 //   d_logits[r, j] = (exp(logits[r, j] - lse[r]) - [j == t_r]) * d_loss[0] / rows,

@@ -177,8 +177,7 @@ LmHeadResult lm_head_cpu(const Tensor& hidden, const Tensor& weight, const Tenso
       const T* h_chunk = h + start * width;
       // logits (count, V) = hidden_chunk Wᵀ
       gemm<T>(false, true, count, vocab, width, T(1), h_chunk, width, w, width, T(0), l, vocab);
-      // loss terms, and the logits become d_logits = (softmax - one-hot) / rows in place
-      kernels::cpu::cross_entropy_rows<T>(l, vocab, t + start, nullptr, loss_terms + start,
+        kernels::cpu::cross_entropy_rows<T>(l, vocab, t + start, nullptr, loss_terms + start,
                                           want_hidden || want_weight, T(1) / T(rows), count, vocab);
       // d_hidden_chunk (count, d) = d_logits W
       if (want_hidden)
@@ -237,15 +236,13 @@ LmHeadResult lm_head_cuda(const Tensor& hidden, const Tensor& weight, const Tens
     // logits (count, V) = hidden_chunk Wᵀ, fp32
     gemm(false, true, count, vocab, width, 1.0f, h_chunk, width, w.raw_data(), width, 0.0f,
          logits.raw_data(), ld, dtype, DType::f32, stream);
-    // loss terms, and the logits become d_logits = (softmax - one-hot) / rows in place
+    // loss terms, and d_logits = (softmax - one-hot) / rows in x's dtype (in place in fp32)
     kernels::cuda::cross_entropy_rows(logits.raw_data(), ld, targets.data<int64_t>() + start,
-                                      nullptr, row_loss.data<float>() + start, want_gradient,
+                                      nullptr, row_loss.data<float>() + start,
+                                      want_gradient ? d_logits.raw_data() : nullptr, dtype,
                                       1.0f / float(rows), count, vocab, start,
                                       first_bad_row.data<int64_t>(), DType::f32, stream);
     if (!want_gradient) continue;
-    if (dtype != DType::f32)
-      kernels::cuda::scale(logits.raw_data(), DType::f32, 1.0f, d_logits.raw_data(), dtype,
-                           count * ld, stream);
     // d_hidden_chunk (count, d) = d_logits W, written fp32
     if (want_hidden)
       gemm(false, false, count, width, vocab, 1.0f, d_logits.raw_data(), ld, w.raw_data(), width,
@@ -289,8 +286,8 @@ autograd::Var cross_entropy(const autograd::Var& logits, const autograd::Var& ta
     Tensor loss = Tensor::empty({1}, DType::f32, device);
     Tensor first_bad_row = Tensor::full({1}, double(rows), DType::i64, device);
     kernels::cuda::cross_entropy_rows(logits_value.raw_data(), vocab, targets_i64.data<int64_t>(),
-                                      lse.data<float>(), row_loss.data<float>(), false, 0.0f, rows,
-                                      vocab, 0, first_bad_row.data<int64_t>(), l.dtype(),
+                                      lse.data<float>(), row_loss.data<float>(), nullptr, l.dtype(), 0.0f,
+                                      rows, vocab, 0, first_bad_row.data<int64_t>(), l.dtype(),
                                       compute_stream());
     kernels::cuda::mean_of_rows(row_loss.data<float>(), rows, loss.data<float>(), compute_stream());
     check_flagged_target("cross_entropy", first_bad_row, targets_i64, vocab, "logits", l.shape());
