@@ -14,12 +14,28 @@ struct Tape {
 // The innermost tape is the one ops record into; TapeScope pushes a fresh one (recompute).
 thread_local std::vector<Tape> tape_stack(1);
 thread_local bool grad_mode = true;
+thread_local LeafReadyHook leaf_ready_hook;
+thread_local int backward_depth = 0;
+
+// After which node (index into the nodes about to run, executed from the back) each leaf that
+// requires a gradient is final: the first node, in tape order, that consumes it.
+std::unordered_map<size_t, std::vector<Var>> leaves_final_after(const std::vector<std::shared_ptr<Node>>& nodes) {
+  std::unordered_set<const Variable*> seen;
+  std::unordered_map<size_t, std::vector<Var>> final_after;
+  for (size_t i = 0; i < nodes.size(); ++i)
+    for (const Var& input : nodes[i]->inputs)
+      if (input && input->is_leaf && input->requires_grad && seen.insert(input.get()).second)
+        final_after[i].push_back(input);
+  return final_after;
+}
 
 Tape& current_tape() { return tape_stack.back(); }
 
 }  // namespace
 
 bool grad_enabled() { return grad_mode; }
+
+void set_leaf_ready_hook(LeafReadyHook hook) { leaf_ready_hook = std::move(hook); }
 
 NoGradScope::NoGradScope() : previous_(grad_mode) { grad_mode = false; }
 NoGradScope::~NoGradScope() { grad_mode = previous_; }
@@ -91,6 +107,13 @@ void backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds) {
   // inputs alive only until it has run, so these are held here in between.
   std::unordered_map<Variable*, Var> awaiting;
   NoGradScope no_grad;  // node backwards compute with kernels; nothing they do is recorded
+  const bool report_leaves = leaf_ready_hook && backward_depth == 0;
+  std::unordered_map<size_t, std::vector<Var>> final_after;
+  if (report_leaves) final_after = leaves_final_after(nodes);
+  struct Depth {
+    Depth() { ++backward_depth; }
+    ~Depth() { --backward_depth; }
+  } depth;
   for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) {
     Node& node = **it;
     std::vector<Tensor> grad_outputs;
@@ -121,6 +144,11 @@ void backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds) {
       }
     }
     it->reset();  // frees what the node saved as soon as possible
+    if (report_leaves) {
+      auto ready = final_after.find(size_t(nodes.rend() - it - 1));
+      if (ready != final_after.end())
+        for (const Var& leaf : ready->second) leaf_ready_hook(*leaf);
+    }
   }
 }
 

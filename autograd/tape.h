@@ -72,6 +72,13 @@ void backward(const Var& loss);
 // Backpropagates from several roots with the given seed gradients (same shapes as the roots).
 void backward(const std::vector<Var>& roots, const std::vector<Tensor>& seeds);
 
+// Called by the outermost backward() with each leaf that requires a gradient, as soon as the last
+// node of that backward consuming it has run: its gradient is final for this backward (it may be
+// undefined if nothing flowed into it). Data parallelism launches gradient all-reduces from it.
+// Leaves reached only inside nested backwards (recompute) are not reported. Empty: off (default).
+using LeafReadyHook = std::function<void(Variable&)>;
+void set_leaf_ready_hook(LeafReadyHook hook);
+
 // Number of nodes on the current tape (for tests and memory reports).
 size_t tape_size();
 // Drops the current tape without running it (e.g. after a refused step).

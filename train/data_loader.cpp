@@ -122,7 +122,7 @@ Batch DataLoader::next() {
   uint32_t* targets = batch.targets.data<uint32_t>();
   std::vector<uint32_t> window(size_t(T) + 1);
   for (int64_t b = 0; b < B; ++b) {
-    const uint64_t slot = position_.index + uint64_t(options_.rank + options_.world_size * b);
+    const uint64_t slot = position_.index + uint64_t(options_.rank * B + b);
     read_row(options_.shuffle ? order_[slot] : slot, window.data());
     std::copy(window.begin(), window.end() - 1, inputs + b * T);
     std::copy(window.begin() + 1, window.end(), targets + b * T);

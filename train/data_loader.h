@@ -7,8 +7,10 @@
 // Order: rows are numbered shard by shard (shards in the order given; each glob's matches sorted);
 // each epoch visits them in a Fisher-Yates permutation drawn from the Philox stream keyed by the seed,
 // with the epoch in the counter, so every epoch has its own order and every rank computes the same one.
-// Ranks: global step s takes positions [s*B*W, (s+1)*B*W) of the epoch's order, rank r the positions
-// s*B*W + r + W*j for j < B: ranks are disjoint and together cover what one rank with batch B*W covers.
+// Ranks: global step s takes positions [s*B*W, (s+1)*B*W) of the epoch's order, rank r the block
+// s*B*W + r*B + j for j < B: ranks are disjoint, and rank r's batch s is exactly the batch s*W + r of
+// one rank with batch B, so W ranks with A micro-batches each see the micro-batches of one rank
+// with W*A (data parallelism then matches one rank up to the order gradients are summed in).
 // An epoch ends when fewer than B*W rows are left (so every rank takes the same number of steps).
 #pragma once
 

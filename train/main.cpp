@@ -1,14 +1,32 @@
 // The train binary: `build/train --model FILE --data GLOB --val GLOB [options]`, or
 // `build/train --describe --model FILE [--seq-len L]` for the per-layer cost table.
-// Every error ends the run with one line on stderr and exit code 1.
+// Every error ends the run with one line on stderr and exit code 1. Under mpirun or srun an error
+// on any rank ends every rank of the job (MPI_Abort), so no rank waits forever for a dead peer.
 #include <cstdio>
 #include <iostream>
+#include <string>
 
 #include "layers/cost_model.h"
 #include "layers/model_config.h"
+#include "runtime/communicator.h"
 #include "runtime/error.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
+
+namespace {
+
+[[noreturn]] void fail(const std::string& message) {
+  braid::Communicator& world = braid::Communicator::world();
+  if (world.size() == 1) {
+    std::fprintf(stderr, "error: %s\n", message.c_str());
+    world.finalize();
+    std::exit(1);
+  }
+  std::fprintf(stderr, "error: %s: %s\n", world.where().c_str(), message.c_str());
+  world.abort(1);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   try {
@@ -23,12 +41,11 @@ int main(int argc, char** argv) {
       return 0;
     }
     braid::Trainer(config).run();
+    braid::Communicator::world().finalize();
     return 0;
   } catch (const braid::Error& error) {
-    std::fprintf(stderr, "error: %s\n", error.message().c_str());
-    return 1;
+    fail(error.message());
   } catch (const std::exception& error) {
-    std::fprintf(stderr, "error: %s\n", error.what());
-    return 1;
+    fail(error.what());
   }
 }

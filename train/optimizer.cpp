@@ -65,9 +65,11 @@ AdamW::AdamW(std::vector<Parameter> parameters, const AdamWConfig& config) : con
   }
 }
 
-double AdamW::grad_norm() const {
+double AdamW::grad_norm() const { return std::sqrt(grad_sum_of_squares()); }
+
+double AdamW::grad_sum_of_squares() const {
 #ifdef BRAID_CUDA
-  if (device_.is_cuda()) return cuda_grad_norm();
+  if (device_.is_cuda()) return cuda_grad_sum_of_squares();
 #endif
   double total = 0;
   for (const Slot& slot : slots_) {
@@ -76,7 +78,7 @@ double AdamW::grad_norm() const {
     if (grad.dtype() == DType::f64) total += kernels::cpu::sum_of_squares(grad.data<double>(), grad.numel());
     else total += kernels::cpu::sum_of_squares(grad.data<float>(), grad.numel());
   }
-  return std::sqrt(total);
+  return total;
 }
 
 void AdamW::clip(double norm, double max_norm) {
@@ -127,7 +129,7 @@ void AdamW::zero_grad() {
 }
 
 #ifdef BRAID_CUDA
-double AdamW::cuda_grad_norm() const {
+double AdamW::cuda_grad_sum_of_squares() const {
   using kernels::cuda::GradNormChunk;
   using kernels::cuda::GradNormTensor;
   using kernels::cuda::kGradNormChunkElements;
@@ -152,7 +154,7 @@ double AdamW::cuda_grad_norm() const {
                                    static_cast<const GradNormChunk*>(chunk_table.raw_data()), count,
                                    workspace.data<double>(), sum_of_squares.data<double>(),
                                    compute_stream());
-  return std::sqrt(sum_of_squares.item());  // the step's one read-back
+  return sum_of_squares.item();  // the step's one read-back
 }
 
 void AdamW::cuda_step(double lr) {

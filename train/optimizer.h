@@ -26,6 +26,8 @@ class AdamW {
 
   // L2 norm of all gradients together (missing gradients count as zero); NaN or Inf if any is.
   double grad_norm() const;
+  // The square of grad_norm(), unrounded: data parallelism sums it over the ranks' shards.
+  double grad_sum_of_squares() const;
   // Scales every gradient by max_norm / norm when norm > max_norm. On CUDA the scaling is folded
   // into the next step() (the gradient tensors are left as they are; zero_grad() drops it).
   void clip(double norm, double max_norm);
@@ -44,7 +46,7 @@ class AdamW {
     Tensor m, v;
   };
   // The CUDA paths (defined in CUDA builds only).
-  double cuda_grad_norm() const;
+  double cuda_grad_sum_of_squares() const;
   void cuda_step(double lr);
 
   std::vector<Slot> slots_;

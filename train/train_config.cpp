@@ -61,6 +61,10 @@ void add_train_options(CLI::App& app, TrainConfig& c, std::string& config_file) 
   number("--max-bad-steps", c.max_bad_steps, "stop after this many consecutive steps with a non-finite loss or gradient");
   number("--peak-tflops", c.peak_tflops, "the device's dense peak in TFLOP/s, for MFU (0 = unknown)");
   text("--metrics", c.metrics, "metrics JSONL path (default <out>/metrics.jsonl)");
+  app.add_flag("--zero1", c.zero1, "data parallel: shard AdamW moments over the ranks (ZeRO-1)");
+  number("--bucket-mb", c.bucket_mb, "data parallel: gradient bucket size in MiB");
+  number("--collective-timeout", c.collective_timeout,
+         "data parallel: seconds to wait for the other ranks before aborting the job");
 }
 
 std::vector<std::string> run_config_arguments(const std::string& path, const CLI::App& app) {
@@ -108,7 +112,8 @@ std::string train_config_to_json(const TrainConfig& c) {
       {"eval_every", c.eval_every}, {"eval_batches", c.eval_batches}, {"sample_every", c.sample_every},
       {"sample_tokens", c.sample_tokens}, {"samples", c.samples}, {"prompt", c.prompt}, {"checkpoint_every", c.checkpoint_every},
       {"keep", c.keep}, {"max_bad_steps", c.max_bad_steps}, {"peak_tflops", c.peak_tflops},
-      {"metrics", c.metrics}};
+      {"metrics", c.metrics}, {"zero1", c.zero1}, {"bucket_mb", c.bucket_mb},
+      {"collective_timeout", c.collective_timeout}};
   return json.dump();
 }
 

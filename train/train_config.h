@@ -55,6 +55,10 @@ struct TrainConfig {
   int64_t max_bad_steps = 3;
   double peak_tflops = 0;  // the card's dense peak for MFU; 0 = unknown (no MFU printed)
   std::string metrics;     // JSONL path; default <out>/metrics.jsonl
+  // Data parallelism (under mpirun/srun; train/data_parallel.h).
+  bool zero1 = false;               // shard AdamW state over the ranks
+  double bucket_mb = 25;            // gradient all-reduce bucket size, MiB
+  double collective_timeout = 600;  // seconds a rank waits for its peers before aborting the job
 };
 
 // Registers every TrainConfig field on `app` as --name (and --config FILE for JSON run configs).

@@ -12,10 +12,14 @@
 
 #include "autograd/tape.h"
 #include "layers/cost_model.h"
+#include "layers/block.h"
 #include "layers/ffn.h"
 #include "layers/ops/elementwise.h"
 #include "layers/sampling.h"
 #include "runtime/token_shard.h"
+#ifdef BRAID_CUDA
+#include "runtime/device_copy.h"
+#endif
 #include "train/checkpoint.h"
 
 namespace braid {
@@ -65,11 +69,19 @@ Tokenizer load_tokenizer(const std::string& path) {
 
 }  // namespace
 
-Trainer::Trainer(TrainConfig config) : config_(std::move(config)) {
-  device_ = Device::parse(config_.device);
+Trainer::Trainer(TrainConfig config) : config_(std::move(config)), communicator_(Communicator::world()) {
+  communicator_.set_timeout_seconds(config_.collective_timeout);
+  const int64_t world = communicator_.size();
+  // Under a launcher, plain "cuda" means this rank's device: the local rank.
+  device_ = Device::parse(world > 1 && config_.device == "cuda" ? "cuda:" + std::to_string(communicator_.local_rank())
+                                                                 : config_.device);
   if (device_.is_cuda())
-    BRAID_CHECK(device_.index < cuda_device_count(), "--device ", config_.device, ": ",
+    BRAID_CHECK(device_.index < cuda_device_count(), "--device ", config_.device, " (", device_.to_string(), "): ",
                 cuda_device_count(), " CUDA device(s) usable here (none without a GPU or in a CPU-only build)");
+#ifdef BRAID_CUDA
+  // Every rank's kernels, handles and NCCL communicator on its own device.
+  if (device_.is_cuda()) cuda_set_device(device_.index);
+#endif
   if (config_.dtype.empty()) config_.dtype = device_.is_cuda() ? "bf16" : "fp32";
   BRAID_CHECK(config_.dtype == "fp32" || config_.dtype == "bf16", "--dtype ", config_.dtype,
               ": expected fp32 or bf16");
@@ -79,7 +91,7 @@ Trainer::Trainer(TrainConfig config) : config_(std::move(config)) {
   BRAID_CHECK(config_.seq_len > 0 && config_.micro_batch > 0, "--seq-len and --micro-batch must be positive, got ",
               config_.seq_len, " and ", config_.micro_batch);
   if (config_.threads > 0) omp_set_num_threads(config_.threads);
-  check_writable(config_.out);
+  if (is_root()) check_writable(config_.out);
 
   // The model: from the checkpoint's own config when resuming, so the weights always fit.
   std::optional<std::string> checkpoint;
@@ -99,8 +111,15 @@ Trainer::Trainer(TrainConfig config) : config_(std::move(config)) {
   model_->set_recompute(config_.recompute);
   Generator generator(config_.seed);
   model_->initialize(generator);
-  optimizer_ = std::make_unique<AdamW>(model_->named_parameters(),
-                                       AdamWConfig{config_.beta1, config_.beta2, config_.adam_eps, config_.weight_decay});
+  const AdamWConfig adamw{config_.beta1, config_.beta2, config_.adam_eps, config_.weight_decay};
+  if (world > 1 || config_.zero1) {
+    BRAID_CHECK(config_.bucket_mb > 0, "--bucket-mb must be positive, got ", config_.bucket_mb);
+    parallel_ = std::make_unique<DataParallel>(
+        model_->named_parameters(), device_, communicator_,
+        DataParallelOptions{config_.zero1, int64_t(config_.bucket_mb * double(1 << 20)), adamw});
+  } else {
+    optimizer_ = std::make_unique<AdamW>(model_->named_parameters(), adamw);
+  }
 
   DataLoaderOptions train_options;
   train_options.shards = split_list(config_.data);
@@ -108,10 +127,14 @@ Trainer::Trainer(TrainConfig config) : config_(std::move(config)) {
   train_options.seq_len = config_.seq_len;
   train_options.vocab_size = model_config_.vocab_size;
   train_options.seed = config_.seed;
+  train_options.rank = communicator_.rank();
+  train_options.world_size = world;
   train_data_ = std::make_unique<DataLoader>(train_options);
   if (!config_.val.empty()) {
     DataLoaderOptions val_options = train_options;
     val_options.shards = split_list(config_.val);
+    val_options.rank = 0;  // rank 0 alone validates
+    val_options.world_size = 1;
     val_options.shuffle = false;
     val_data_ = std::make_unique<DataLoader>(val_options);
     BRAID_CHECK(val_data_->batches_per_epoch() > 0, "--val ", config_.val, ": fewer than ", config_.micro_batch,
@@ -119,14 +142,14 @@ Trainer::Trainer(TrainConfig config) : config_(std::move(config)) {
   }
   if (!config_.tokenizer.empty()) tokenizer_ = load_tokenizer(config_.tokenizer);
 
-  // Batch and budget.
+  // Batch and budget. --batch-tokens is the global batch: the same run on any number of ranks.
   const int64_t micro_tokens = config_.micro_batch * config_.seq_len;
   if (config_.batch_tokens > 0) {
-    BRAID_CHECK(config_.batch_tokens % micro_tokens == 0, "--batch-tokens ", config_.batch_tokens,
-                " is not a multiple of micro-batch x seq-len = ", micro_tokens);
-    accumulation_ = config_.batch_tokens / micro_tokens;
+    BRAID_CHECK(config_.batch_tokens % (micro_tokens * world) == 0, "--batch-tokens ", config_.batch_tokens,
+                " is not a multiple of micro-batch x seq-len x ranks = ", micro_tokens, " x ", world);
+    accumulation_ = config_.batch_tokens / (micro_tokens * world);
   }
-  const int64_t step_tokens = accumulation_ * micro_tokens;
+  const int64_t step_tokens = accumulation_ * micro_tokens * world;
   flops_per_token_ = model_cost(model_config_, config_.seq_len).flops_per_token;
   if (config_.steps > 0) total_steps_ = config_.steps;
   else if (config_.tokens > 0) total_steps_ = (config_.tokens + step_tokens - 1) / step_tokens;
@@ -140,10 +163,20 @@ Trainer::Trainer(TrainConfig config) : config_(std::move(config)) {
   schedule_.cooldown_fraction = config_.cooldown;
 
   if (checkpoint) resume_from(*checkpoint);
+  if (!is_root()) return;
   const std::string metrics_path = config_.metrics.empty() ? config_.out + "/metrics.jsonl" : config_.metrics;
   metrics_.open(metrics_path, checkpoint ? std::ios::app : std::ios::trunc);
   BRAID_CHECK(metrics_.good(), metrics_path, ": cannot write the metrics file");
 }
+
+double Trainer::grad_norm() { return parallel_ ? parallel_->grad_norm() : optimizer_->grad_norm(); }
+
+void Trainer::zero_grad() {
+  if (parallel_) parallel_->zero_grad();
+  else optimizer_->zero_grad();
+}
+
+int64_t Trainer::optimizer_steps() const { return parallel_ ? parallel_->steps() : optimizer_->steps(); }
 
 void Trainer::resume_from(const std::string& path) {
   CheckpointContents contents = load_checkpoint(path);
@@ -165,47 +198,67 @@ void Trainer::resume_from(const std::string& path) {
     }
   }
   const auto state = nlohmann::json::parse(contents.state_json);
-  optimizer_->load_state(contents.optimizer, state.at("optimizer_steps").get<int64_t>());
+  const int64_t optimizer_steps = state.at("optimizer_steps").get<int64_t>();
+  if (parallel_) parallel_->load_optimizer_state(contents.optimizer, optimizer_steps);  // after the weights
+  else optimizer_->load_state(contents.optimizer, optimizer_steps);
   start_step_ = state.at("step").get<int64_t>();
   tokens_seen_ = state.at("tokens_seen").get<int64_t>();
   train_data_->seek({state.at("data").at("epoch").get<uint64_t>(), state.at("data").at("index").get<uint64_t>()});
   BRAID_CHECK(state.at("seed").get<uint64_t>() == config_.seed, path, ": the run used --seed ",
               state.at("seed").get<uint64_t>(), ", this one ", config_.seed);
-  std::printf("resumed from %s at step %ld (%ld tokens seen)\n", path.c_str(), long(start_step_), long(tokens_seen_));
+  if (is_root())
+    std::printf("resumed from %s at step %ld (%ld tokens seen, saved by %ld rank(s), now %d)\n", path.c_str(),
+                long(start_step_), long(tokens_seen_), long(state.value("world_size", int64_t(1))),
+                communicator_.size());
 }
 
 Trainer::StepResult Trainer::train_step(int64_t step, double lr) {
-  optimizer_->zero_grad();
+  zero_grad();
+  const int64_t micro_batches = accumulation_ * communicator_.size();  // of all ranks together
   double loss_sum = 0;
-  bool finite = true;
   for (int64_t micro = 0; micro < accumulation_; ++micro) {
     Batch batch = train_data_->next();
     autograd::Var loss = model_->loss(autograd::leaf(batch.inputs.to(device_)),
                                       autograd::leaf(batch.targets.to(device_)));
-    const double value = loss->value.item();
-    finite = finite && std::isfinite(value);
-    loss_sum += value;
-    // Each micro-batch contributes its mean / accumulation, so the gradient is the step's mean.
-    autograd::backward(accumulation_ > 1 ? ops::scale(loss, 1.0 / double(accumulation_)) : loss);
+    loss_sum += loss->value.item();
+    // Each micro-batch contributes its mean / micro-batches, so the gradient is the step's mean.
+    // Ranks communicate only during the step's last backward.
+    const bool last = micro + 1 == accumulation_;
+    if (parallel_ && last) parallel_->begin_reduction();
+    autograd::backward(micro_batches > 1 ? ops::scale(loss, 1.0 / double(micro_batches)) : loss);
     autograd::clear_tape();  // anything the loss did not depend on is dropped with the step
+    if (parallel_ && last) parallel_->finish_reduction();
   }
-  const double loss = loss_sum / double(accumulation_);
-  const double norm = optimizer_->grad_norm();
-  tokens_seen_ += accumulation_ * config_.micro_batch * config_.seq_len;
+  communicator_.all_reduce_sum(&loss_sum, 1);  // a non-finite loss on any rank stays non-finite
+  const double loss = loss_sum / double(micro_batches);
+  const bool finite = std::isfinite(loss);
+  const double norm = grad_norm();
+  tokens_seen_ += micro_batches * config_.micro_batch * config_.seq_len;
   if (!finite || !std::isfinite(norm)) {
-    optimizer_->zero_grad();
+    zero_grad();
     std::fprintf(stderr, "step %ld refused: %s is %s; the weights are unchanged\n", long(step + 1),
                  finite ? "the gradient norm" : "the loss", finite ? std::to_string(norm).c_str() : "not finite");
     return {NAN, norm};
   }
-  optimizer_->clip(norm, config_.clip);
-  optimizer_->step(lr);
+  if (parallel_) {
+    parallel_->clip(norm, config_.clip);
+    parallel_->step(lr);
+    // Every rank moves its routing biases by the loads of all ranks, so they stay identical.
+    for (Block* block : model_->blocks())
+      if (MoE* moe = block->moe()) {
+        Tensor load = moe->load_since_update();  // a handle: reducing into it updates the model's count
+        communicator_.all_reduce_sum(load.data<int64_t>(), load.numel());
+      }
+  } else {
+    optimizer_->clip(norm, config_.clip);
+    optimizer_->step(lr);
+  }
   model_->update_routing_biases();
   return {loss, norm};
 }
 
 double Trainer::evaluate() {
-  if (!val_data_) return NAN;
+  if (!val_data_ || !is_root()) return NAN;
   autograd::NoGradScope no_grad;
   val_data_->seek({0, 0});
   const int64_t batches = std::min<int64_t>(config_.eval_batches, int64_t(val_data_->batches_per_epoch()));
@@ -219,7 +272,7 @@ double Trainer::evaluate() {
 }
 
 void Trainer::print_sample(int64_t step) {
-  if (!tokenizer_) return;
+  if (!tokenizer_ || !is_root()) return;
   std::vector<uint32_t> prompt = {tokenizer_->bos_id()};
   for (uint32_t id : tokenizer_->encode(config_.prompt)) prompt.push_back(id);
   for (int64_t i = 0; i < config_.samples; ++i) {
@@ -249,26 +302,31 @@ std::string Trainer::save(int64_t step) {
   for (size_t i = 0; i < model_->blocks().size(); ++i)
     if (const MoE* moe = model_->blocks()[i]->moe())
       contents.model.emplace_back("layers." + std::to_string(i) + ".ffn.routing_bias", moe->routing_bias());
-  contents.optimizer = optimizer_->state();
+  contents.optimizer = parallel_ ? parallel_->optimizer_state() : optimizer_->state();  // collective
   contents.config_json = "{\"model\": " + model_config_to_json(model_config_) +
                          ", \"train\": " + train_config_to_json(config_) + "}";
   const DataLoader::Position position = train_data_->state();
   contents.state_json = nlohmann::json{{"step", step},
                                        {"tokens_seen", tokens_seen_},
-                                       {"optimizer_steps", optimizer_->steps()},
+                                       {"optimizer_steps", optimizer_steps()},
                                        {"data", {{"epoch", position.epoch}, {"index", position.index}}},
                                        {"seed", config_.seed},
-                                       {"world_size", 1}}
+                                       {"world_size", communicator_.size()}}
                             .dump();
+  if (!is_root()) return "";
   const std::string dir = save_checkpoint(config_.out, step, contents);
   keep_last(config_.out, int(config_.keep));
   return dir;
 }
 
 void Trainer::log_step(int64_t step, double loss, double lr, double grad_norm, double seconds) {
-  const double step_tokens = double(accumulation_ * config_.micro_batch * config_.seq_len);
+  if (!is_root()) return;
+  const double step_tokens = double(accumulation_ * communicator_.size() * config_.micro_batch * config_.seq_len);
   const double tokens_per_second = step_tokens / seconds;
-  const double mfu = config_.peak_tflops > 0 ? tokens_per_second * flops_per_token_ / (config_.peak_tflops * 1e12) : NAN;
+  // Per device: the peak is one card's.
+  const double mfu = config_.peak_tflops > 0
+                         ? tokens_per_second / communicator_.size() * flops_per_token_ / (config_.peak_tflops * 1e12)
+                         : NAN;
   const double eta = seconds * double(total_steps_ - step);
   // Peak memory of the steps since the last line, on the training device.
   Allocator& allocator = allocator_for(device_);
@@ -287,12 +345,14 @@ void Trainer::log_step(int64_t step, double loss, double lr, double grad_norm, d
 }
 
 TrainResult Trainer::run() {
-  result_.unigram_entropy = unigram_entropy(train_data_->shard_paths());
-  std::printf("model %s: %ld parameters, pattern %s | %ld steps of %ld tokens (%ld micro-batches) | "
-              "unigram entropy of the training tokens %.4f nats\n",
-              model_config_.name.c_str(), long(model_->parameter_count()), model_config_.pattern.c_str(),
-              long(total_steps_), long(accumulation_ * config_.micro_batch * config_.seq_len), long(accumulation_),
-              result_.unigram_entropy);
+  if (is_root()) {
+    result_.unigram_entropy = unigram_entropy(train_data_->shard_paths());
+    std::printf("model %s: %ld parameters, pattern %s | %ld steps of %ld tokens (%ld micro-batches x %d rank(s)%s) | "
+                "unigram entropy of the training tokens %.4f nats\n",
+                model_config_.name.c_str(), long(model_->parameter_count()), model_config_.pattern.c_str(),
+                long(total_steps_), long(accumulation_ * communicator_.size() * config_.micro_batch * config_.seq_len),
+                long(accumulation_), communicator_.size(), config_.zero1 ? ", ZeRO-1" : "", result_.unigram_entropy);
+  }
   int64_t bad_steps = 0;
   for (int64_t step = start_step_; step < total_steps_; ++step) {
     const double lr = learning_rate(schedule_, step, total_steps_);
@@ -314,7 +374,7 @@ TrainResult Trainer::run() {
       log_step(done, loss, lr, grad_norm, seconds);
     if (config_.eval_every > 0 && done % config_.eval_every == 0 && done != total_steps_) {
       const double val = evaluate();
-      if (!std::isnan(val)) {
+      if (!std::isnan(val)) {  // rank 0 only
         std::printf("step %5ld | validation loss %.4f\n", long(done), val);
         metrics_ << nlohmann::json{{"step", done}, {"val_loss", val}}.dump() << '\n' << std::flush;
       }
@@ -332,7 +392,7 @@ TrainResult Trainer::run() {
   }
   print_sample(total_steps_);
   result_.last_checkpoint = save(total_steps_);
-  std::printf("checkpoint %s\n", result_.last_checkpoint.c_str());
+  if (is_root()) std::printf("checkpoint %s\n", result_.last_checkpoint.c_str());
   return result_;
 }
 

@@ -8,7 +8,9 @@
 #include <optional>
 
 #include "layers/hybrid_lm.h"
+#include "runtime/communicator.h"
 #include "tools/tokenizer.h"
+#include "train/data_parallel.h"
 #include "train/data_loader.h"
 #include "train/optimizer.h"
 #include "train/schedule.h"
@@ -40,16 +42,25 @@ class Trainer {
   void print_sample(int64_t step);
   std::string save(int64_t step);
   void log_step(int64_t step, double loss, double lr, double grad_norm, double seconds);
+  // The optimizer interface, single-process (optimizer_) or data parallel (parallel_).
+  double grad_norm();
+  void zero_grad();
+  int64_t optimizer_steps() const;
+
+  // Rank 0 logs, validates, samples and writes checkpoints.
+  bool is_root() const { return communicator_.rank() == 0; }
 
   TrainConfig config_;
   ModelConfig model_config_;
   Device device_;
   std::unique_ptr<HybridLM> model_;
-  std::unique_ptr<AdamW> optimizer_;
+  Communicator& communicator_;
+  std::unique_ptr<AdamW> optimizer_;           // one process
+  std::unique_ptr<DataParallel> parallel_;     // several ranks, or --zero1
   std::unique_ptr<DataLoader> train_data_, val_data_;
   std::optional<Tokenizer> tokenizer_;
   ScheduleConfig schedule_;
-  int64_t accumulation_ = 1;
+  int64_t accumulation_ = 1;  // micro-batches per rank per step
   int64_t total_steps_ = 0;
   int64_t start_step_ = 0;
   int64_t tokens_seen_ = 0;

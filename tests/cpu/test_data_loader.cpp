@@ -152,9 +152,9 @@ TEST_F(DataLoaderTest, RanksAreDisjointAndMatchOneRankWithTheWholeBatch) {
   std::set<Row> rows0, rows1;
   for (uint64_t step = 0; step < 2 * single.batches_per_epoch(); ++step) {
     std::vector<Row> whole = rows_of(single.next()), part0 = rows_of(rank0.next()), part1 = rows_of(rank1.next());
-    // Rank r takes every second row of the step's rows, starting at r.
-    EXPECT_EQ(part0, (std::vector<Row>{whole[0], whole[2]})) << "step " << step;
-    EXPECT_EQ(part1, (std::vector<Row>{whole[1], whole[3]})) << "step " << step;
+    // Rank r takes the r-th block of the step's rows.
+    EXPECT_EQ(part0, (std::vector<Row>{whole[0], whole[1]})) << "step " << step;
+    EXPECT_EQ(part1, (std::vector<Row>{whole[2], whole[3]})) << "step " << step;
     if (step < single.batches_per_epoch()) {
       rows0.insert(part0.begin(), part0.end());
       rows1.insert(part1.begin(), part1.end());
@@ -184,8 +184,8 @@ TEST_F(DataLoaderTest, PositionResumesUnderAnotherWorldSize) {
   rank1.seek(position);
   for (int step = 0; step < 5; ++step) {
     std::vector<Row> whole = rows_of(single.next()), part0 = rows_of(rank0.next()), part1 = rows_of(rank1.next());
-    EXPECT_EQ(part0, (std::vector<Row>{whole[0], whole[2]}));
-    EXPECT_EQ(part1, (std::vector<Row>{whole[1], whole[3]}));
+    EXPECT_EQ(part0, (std::vector<Row>{whole[0], whole[1]}));
+    EXPECT_EQ(part1, (std::vector<Row>{whole[2], whole[3]}));
   }
 }
 
