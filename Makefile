@@ -68,7 +68,7 @@ ifeq ($(CUDA),1)
   TARGETS += $(CUDA_TESTS) $(BUILD)/libkernel_profiler.so
 endif
 
-.PHONY: all test clean data run bench bench-train
+.PHONY: all test clean data run bench bench-train bench-dp
 # Keep the objects of program entry points (make would delete them as intermediates).
 .SECONDARY:
 all: $(TARGETS)
@@ -148,6 +148,18 @@ bench: $(BENCH_KERNELS:%=$(BUILD)/bench_%) bench-train
 bench-train: $(BUILD)/bench_train
 	@mkdir -p $(BUILD)/bench
 	$(BUILD)/bench_train --seq 8192 $(BENCH_PRESETS) | tee $(BUILD)/bench/train.jsonl
+
+# Data parallelism on this node's GPUs (GPUS, default 4): the communicator's all-reduce bus bandwidth
+# on 1 GiB beside a raw ncclAllReduce loop, and weak scaling of 1b intra-1to5 at 8192 on 1, 2 and
+# GPUS GPUs. NVLink multicast stays off (README, "Data parallelism").
+GPUS ?= 4
+MPIRUN := NCCL_NVLS_ENABLE=0 mpirun --allow-run-as-root --bind-to none -x NCCL_NVLS_ENABLE
+bench-dp: $(BUILD)/bench_allreduce $(BUILD)/bench_train
+	@mkdir -p $(BUILD)/bench
+	for n in 2 $(GPUS); do $(MPIRUN) -np $$n $(BUILD)/bench_allreduce; done | tee $(BUILD)/bench/allreduce.jsonl
+	( $(BUILD)/bench_train --seq 8192 --steps 6 configs/models/1b/intra-1to5.json; \
+	  for n in 2 $(GPUS); do $(MPIRUN) -np $$n $(BUILD)/bench_train --seq 8192 --steps 6 configs/models/1b/intra-1to5.json; done ) \
+	  | tee $(BUILD)/bench/scaling.jsonl
 
 # Fetch, build, prepare shards, train the tiny intra-hybrid preset for a few minutes, print samples.
 # Builds only the two programs it runs, so a fresh 2-core machine finishes in under 10 minutes.
