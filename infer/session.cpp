@@ -8,7 +8,17 @@
 // - bf16 serving: with bf16 activations over fp32 master weights, every matrix is converted to bf16
 //   once here (a WeightMap), so a decode step reads each weight once in bf16 and casts nothing.
 // - Sampling: every sequence draws from the Philox stream (seed, draw = step), as braid::generate
-//   does, so a sequence samples the same tokens in any batch.
+//   does, so a sequence samples the same tokens in any batch. On CUDA the sampler runs on the
+//   device (layers/ops/sampling.h) and only the chosen ids come back each step.
+// - Decode steps keep their positions, slots and lengths on the device (ops::decode_step_indices
+//   advances them), so a step uploads at most its tokens; the host keeps a mirror of the lengths
+//   for its checks.
+// - CUDA graph: the first decode step is recorded once (runtime/cuda_stream.h's CapturedGraph, its
+//   tensors in a private allocator pool) reading fixed ids and index buffers and the caches at
+//   their fixed addresses; every step then copies its ids in, replays, and copies the logits out.
+//   Replays compute exactly what the eager step computes (same kernels, same order). A model whose
+//   step cannot be captured (an op that reads device values on the host: MoE routing, known up
+//   front; anything else is found when the capture fails) runs eager steps.
 #include "infer/session.h"
 
 #include <algorithm>
@@ -16,7 +26,13 @@
 #include "autograd/tape.h"
 #include "layers/inference_cache.h"
 #include "layers/ops/layout.h"
+#include "layers/ops/decode.h"
 #include "layers/ops/matmul.h"
+#include "layers/ops/sampling.h"
+
+#ifdef BRAID_CUDA
+#include "runtime/cuda_stream.h"
+#endif
 
 namespace braid::infer {
 
@@ -24,9 +40,27 @@ struct Session::State {
   std::vector<LayerCache> caches;  // one per block
   WeightMap weights;
   bool converted = false;          // weights holds bf16 copies
-  std::vector<int64_t> lengths;    // tokens held per sequence (0 before prefill)
+  std::vector<int64_t> lengths;    // tokens held per sequence (0 before prefill), mirrored on the host
   int64_t window = 0, sink = 0, window_capacity = 0;  // the W layers' cache (when the model has one)
   int64_t bytes = 0;
+  // The decode step's indices (5, batch) i32 on the model's device (ops::decode_step_indices):
+  // positions, full lengths, window slots, window lengths, and the tokens each sequence holds. They
+  // advance on the device, so a step uploads nothing but (from the host API) its tokens.
+  Tensor indices;
+#ifdef BRAID_CUDA
+  // The captured decode step (SessionOptions::cuda_graph) reads its ids from graph_ids and leaves
+  // its logits in graph_logits (both fixed addresses). Models whose step cannot be captured (an op
+  // reads device values on the host) run eagerly: graph_failed.
+  CapturedGraph graph;
+  Tensor graph_ids, graph_logits;
+  bool graph_failed = false;
+#endif
+
+  // One decode step of the whole batch from `ids` (batch, 1) i32 on the device; the caller checked
+  // the lengths and ids. Returns the next-token logits (batch, vocab) fp32, the caller's to keep.
+  Tensor decode_step(const HybridLM& model, const Tensor& ids, bool use_graph);
+  // The step's work alone (no host bookkeeping): what eager steps run and the graph records.
+  Tensor step_work(const HybridLM& model, const Tensor& ids);
 };
 
 namespace {
@@ -60,6 +94,13 @@ Session::Session(const HybridLM& model, SessionOptions options)
   state_->sink = config.sliding_window.sink;
   state_->window_capacity = std::min(options.max_length, state_->window + state_->sink);
   state_->lengths.assign(size_t(options.batch), 0);
+  state_->indices = Tensor::zeros({5, options.batch}, DType::i32, device);
+#ifdef BRAID_CUDA
+  // MoE routing reads its expert offsets on the host, which a graph cannot record: such models
+  // decode eagerly from the start rather than through a capture that is bound to fail.
+  for (const Block* block : model.blocks())
+    if (block->moe()) state_->graph_failed = true;
+#endif
   // Matrices (Linear weights and the tied embedding / LM head) in the activation dtype, once. The
   // depthwise conv weight stays fp32: the conv kernels read fp32 parameters.
   for (const Parameter& parameter : model.named_parameters()) {
@@ -122,44 +163,74 @@ Tensor Session::prefill(const std::vector<std::vector<uint32_t>>& prompts) {
       state_->lengths[b] = start + time;
     }
   }
+  state_->indices.narrow(0, 4, 1).copy_from(index_tensor(state_->lengths, {1, options_.batch}, Device::cpu()));
   InferenceStep head;
   head.weights = &state_->weights;
   return head_logits(model_, ops::concat(last, 0), head);
 }
 
+Tensor Session::State::decode_step(const HybridLM& model, const Tensor& ids, bool use_graph) {
+  Tensor logits;
+#ifdef BRAID_CUDA
+  if (use_graph && ids.device().is_cuda() && !graph_failed) {
+    if (!graph.captured()) {
+      graph_ids = Tensor::empty(ids.shape(), DType::i32, ids.device());
+      graph_failed = !graph.capture([&] { graph_logits = step_work(model, graph_ids); });
+      if (graph_failed) graph_logits = Tensor();
+    }
+    if (graph.captured()) {
+      graph_ids.copy_from(ids);
+      graph.replay();
+      // A copy: the next replay overwrites graph_logits.
+      logits = graph_logits.clone();
+    }
+  }
+#else
+  (void)use_graph;
+#endif
+  if (!logits.defined()) logits = step_work(model, ids);
+  for (int64_t& length : lengths) ++length;
+  return logits;
+}
+
+Tensor Session::State::step_work(const HybridLM& model, const Tensor& ids) {
+  autograd::NoGradScope no_grad;
+  const int64_t batch = ids.size(0);
+  ops::decode_step_indices(indices, window, sink, window_capacity);
+  InferenceStep step;
+  step.weights = &weights;
+  step.positions = indices.narrow(0, 0, 1).reshape({batch});
+  step.full_slots = indices.narrow(0, 0, 1).reshape({batch, 1});
+  step.full_lengths = indices.narrow(0, 1, 1).reshape({batch});
+  step.window_slots = indices.narrow(0, 2, 1).reshape({batch, 1});
+  step.window_lengths = indices.narrow(0, 3, 1).reshape({batch});
+  autograd::Var hidden = model.hidden_cached(autograd::leaf(ids), caches, step);
+  return head_logits(model, hidden, step);
+}
+
+namespace {
+
+// Every sequence of the batch can take one more token.
+void check_room(const std::vector<int64_t>& lengths, int64_t max_length) {
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    BRAID_CHECK(lengths[b] > 0, "decode before prefill: sequence ", b, " holds no tokens");
+    BRAID_CHECK(lengths[b] < max_length, "sequence ", b, " already holds max_length = ", max_length,
+                " tokens; decoding one more would exceed the cache");
+  }
+}
+
+}  // namespace
+
 Tensor Session::decode(const std::vector<uint32_t>& tokens) {
   BRAID_CHECK(int64_t(tokens.size()) == options_.batch, "decode got ", tokens.size(),
               " tokens for a session of batch ", options_.batch);
-  const int64_t batch = options_.batch;
-  std::vector<int64_t> positions(static_cast<size_t>(batch)), full_lengths(static_cast<size_t>(batch)), window_slots(static_cast<size_t>(batch)),
-      window_lengths(static_cast<size_t>(batch));
-  for (int64_t b = 0; b < batch; ++b) {
-    const int64_t position = state_->lengths[size_t(b)];
-    BRAID_CHECK(position > 0, "decode before prefill: sequence ", b, " holds no tokens");
-    BRAID_CHECK(position < options_.max_length, "sequence ", b, " already holds max_length = ",
-                options_.max_length, " tokens; decoding one more would exceed the cache");
-    BRAID_CHECK(int64_t(tokens[size_t(b)]) < model_.config().vocab_size, "token ", tokens[size_t(b)],
-                " of sequence ", b, " is outside the vocabulary of ", model_.config().vocab_size);
-    positions[size_t(b)] = position;
-    full_lengths[size_t(b)] = position + 1;
-    window_slots[size_t(b)] =
-        state_->window > 0 ? window_slot(position, state_->window, state_->sink) : position;
-    window_lengths[size_t(b)] = std::min(position + 1, state_->window_capacity);
-  }
-  autograd::NoGradScope no_grad;
-  const Device device = model_.device();
-  InferenceStep step;
-  step.weights = &state_->weights;
-  step.positions = index_tensor(positions, {batch}, device);
-  step.full_slots = index_tensor(positions, {batch, 1}, device);
-  step.full_lengths = index_tensor(full_lengths, {batch}, device);
-  step.window_slots = index_tensor(window_slots, {batch, 1}, device);
-  step.window_lengths = index_tensor(window_lengths, {batch}, device);
+  check_room(state_->lengths, options_.max_length);
+  for (size_t b = 0; b < tokens.size(); ++b)
+    BRAID_CHECK(int64_t(tokens[b]) < model_.config().vocab_size, "token ", tokens[b], " of sequence ", b,
+                " is outside the vocabulary of ", model_.config().vocab_size);
   std::vector<double> ids(tokens.begin(), tokens.end());
-  autograd::Var hidden = model_.hidden_cached(
-      autograd::leaf(Tensor::from_values(ids, {batch, 1}, DType::i32).to(device)), state_->caches, step);
-  for (int64_t& length : state_->lengths) ++length;
-  return head_logits(model_, hidden, step);
+  return state_->decode_step(model_, Tensor::from_values(ids, {options_.batch, 1}, DType::i32).to(model_.device()),
+                             options_.cuda_graph);
 }
 
 std::vector<std::vector<uint32_t>> Session::generate(
@@ -171,17 +242,36 @@ std::vector<std::vector<uint32_t>> Session::generate(
                 " tokens) plus ", count, " generated tokens exceed the session's max_length ", options_.max_length);
   Tensor logits = prefill(prompts);
   const int64_t batch = options_.batch, vocab = model_.config().vocab_size;
+  const bool on_device = model_.device().is_cuda();
   std::vector<std::vector<uint32_t>> generated(static_cast<size_t>(batch));
   for (int64_t step = 0; step < count; ++step) {
-    const std::vector<double> host = logits.to(Device::cpu()).to_doubles();
+    // On CUDA the sampler runs beside the logits and only the ids come back; the host sampler
+    // picks the same tokens (layers/ops/sampling.h).
+    Tensor ids;
     std::vector<uint32_t> tokens(static_cast<size_t>(batch));
+    if (on_device) {
+      ids = ops::sample_tokens(logits, sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed,
+                               uint64_t(step));
+      const std::vector<double> host = ids.to(Device::cpu()).to_doubles();
+      for (int64_t b = 0; b < batch; ++b) tokens[size_t(b)] = uint32_t(host[size_t(b)]);
+    } else {
+      const std::vector<double> host = logits.to_doubles();
+      for (int64_t b = 0; b < batch; ++b) {
+        const std::vector<double> row(host.begin() + b * vocab, host.begin() + (b + 1) * vocab);
+        tokens[size_t(b)] = sample_token(row, sampling, uint64_t(step));
+      }
+    }
     for (int64_t b = 0; b < batch; ++b) {
-      const std::vector<double> row(host.begin() + b * vocab, host.begin() + (b + 1) * vocab);
-      tokens[size_t(b)] = sample_token(row, sampling, uint64_t(step));
       generated[size_t(b)].push_back(tokens[size_t(b)]);
       if (on_token) on_token(b, tokens[size_t(b)]);
     }
-    if (step + 1 < count) logits = decode(tokens);
+    if (step + 1 == count) break;
+    if (on_device) {
+      check_room(state_->lengths, options_.max_length);
+      logits = state_->decode_step(model_, ids.reshape({batch, 1}), options_.cuda_graph);
+    } else {
+      logits = decode(tokens);
+    }
   }
   return generated;
 }

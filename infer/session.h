@@ -27,8 +27,8 @@ struct SessionOptions {
   int64_t batch = 1;          // sequences decoded together
   int64_t max_length = 0;     // tokens one sequence can hold (prompt + generated); sizes the caches
   int64_t prefill_chunk = 0;  // prompt tokens per prefill pass; 0 = the whole prompt in one pass
-  bool cuda_graph = true;     // capture and replay the decode step (CUDA only; not implemented yet:
-                              // the step runs eagerly either way)
+  bool cuda_graph = true;     // capture the decode step once as a CUDA graph and replay it (CUDA
+                              // only; a model whose step cannot be captured runs eagerly)
 };
 
 class Session {

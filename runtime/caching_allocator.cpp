@@ -8,8 +8,8 @@
 namespace braid {
 
 bool CachingAllocator::BySize::operator()(const Block* a, const Block* b) const {
-  return std::tie(a->small_pool, a->stream, a->size, a->pointer) <
-         std::tie(b->small_pool, b->stream, b->size, b->pointer);
+  return std::tie(a->pool, a->small_pool, a->stream, a->size, a->pointer) <
+         std::tie(b->pool, b->small_pool, b->stream, b->size, b->pointer);
 }
 
 CachingAllocator::CachingAllocator(Device device, std::unique_ptr<SystemMemory> system)
@@ -26,17 +26,17 @@ size_t CachingAllocator::round_size(size_t bytes) {
   return (bytes + kRound - 1) / kRound * kRound;
 }
 
-CachingAllocator::Block* CachingAllocator::find_free(size_t size, Stream stream, bool small_pool) {
-  Block probe{nullptr, size, stream, small_pool};
+CachingAllocator::Block* CachingAllocator::find_free(size_t size, Stream stream, bool small_pool, PoolId pool) {
+  Block probe{nullptr, size, stream, small_pool, pool};
   auto found = free_blocks_.lower_bound(&probe);
   if (found == free_blocks_.end()) return nullptr;
   Block* block = *found;
-  if (block->small_pool != small_pool || block->stream != stream) return nullptr;
+  if (block->pool != pool || block->small_pool != small_pool || block->stream != stream) return nullptr;
   free_blocks_.erase(found);
   return block;
 }
 
-CachingAllocator::Block* CachingAllocator::new_segment(size_t size, Stream stream, bool small_pool) {
+CachingAllocator::Block* CachingAllocator::new_segment(size_t size, Stream stream, bool small_pool, PoolId pool) {
   size_t segment_size =
       small_pool ? kSmallSegment : (size + kLargeRound - 1) / kLargeRound * kLargeRound;
   void* memory = system_->reserve(segment_size);
@@ -45,7 +45,7 @@ CachingAllocator::Block* CachingAllocator::new_segment(size_t size, Stream strea
     memory = system_->reserve(segment_size);
   }
   if (memory == nullptr) return nullptr;
-  auto* block = new Block{static_cast<char*>(memory), segment_size, stream, small_pool};
+  auto* block = new Block{static_cast<char*>(memory), segment_size, stream, small_pool, pool};
   segments_.insert(block);
   stats_.reserved += segment_size;
   stats_.peak_reserved = std::max(stats_.peak_reserved, stats_.reserved);
@@ -57,8 +57,9 @@ void* CachingAllocator::allocate(size_t bytes, Stream stream) {
   std::lock_guard lock(mutex_);
   const size_t size = round_size(bytes);
   const bool small_pool = size <= kSmallRequest;
-  Block* block = find_free(size, stream, small_pool);
-  if (block == nullptr) block = new_segment(size, stream, small_pool);
+  const PoolId pool = active_pool_ != 0 && active_thread_ == std::this_thread::get_id() ? active_pool_ : 0;
+  Block* block = find_free(size, stream, small_pool, pool);
+  if (block == nullptr) block = new_segment(size, stream, small_pool, pool);
   if (block == nullptr)
     BRAID_FAIL("out of memory on ", device_.to_string(), ": cannot allocate ", format_bytes(bytes),
                "\n", report_locked());
@@ -67,7 +68,7 @@ void* CachingAllocator::allocate(size_t bytes, Stream stream) {
   // than a small request in the large pool (smaller tails would only fragment big segments).
   const size_t remainder = block->size - size;
   if ((small_pool && remainder >= kRound) || (!small_pool && remainder > kSmallRequest)) {
-    auto* tail = new Block{block->pointer + size, remainder, stream, small_pool};
+    auto* tail = new Block{block->pointer + size, remainder, stream, small_pool, pool};
     tail->previous = block;
     tail->next = block->next;
     if (block->next) block->next->previous = tail;
@@ -118,10 +119,45 @@ void CachingAllocator::release_cached() {
   release_cached_locked();
 }
 
+PoolId CachingAllocator::create_private_pool() {
+  std::lock_guard lock(mutex_);
+  return next_pool_++;
+}
+
+void CachingAllocator::begin_private_pool(PoolId pool) {
+  std::lock_guard lock(mutex_);
+  BRAID_CHECK(pool != 0 && pool < next_pool_, device_.to_string(), " allocator: ", pool, " is not a private pool");
+  BRAID_CHECK(active_pool_ == 0, device_.to_string(), " allocator: private pool ", active_pool_,
+              " is still active; pools do not nest");
+  active_pool_ = pool;
+  active_thread_ = std::this_thread::get_id();
+}
+
+void CachingAllocator::end_private_pool() {
+  std::lock_guard lock(mutex_);
+  active_pool_ = 0;
+}
+
+void CachingAllocator::release_private_pool(PoolId pool) {
+  std::lock_guard lock(mutex_);
+  BRAID_CHECK(pool != 0 && pool != active_pool_, device_.to_string(), " allocator: cannot release pool ", pool,
+              pool == 0 ? " (the shared pool)" : " while it is active");
+  for (Block* head : segments_) {
+    if (head->pool != pool) continue;
+    for (Block* block = head; block != nullptr; block = block->next) {
+      // The pool is part of the free set's order: take a free block out before retagging it.
+      const bool listed = block->free && free_blocks_.erase(block) == 1;
+      block->pool = 0;
+      if (listed) free_blocks_.insert(block);
+    }
+  }
+}
+
 void CachingAllocator::release_cached_locked() {
   for (auto it = segments_.begin(); it != segments_.end();) {
     Block* head = *it;
-    if (head->free && head->next == nullptr) {
+    // A private pool's segments stay: a graph that can still replay writes into them.
+    if (head->pool == 0 && head->free && head->next == nullptr) {
       free_blocks_.erase(head);
       stats_.reserved -= head->size;
       system_->release(head->pointer);

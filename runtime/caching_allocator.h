@@ -10,6 +10,12 @@
 //    segment;
 //  - when the system refuses, fully free segments are returned and the request retried once; if it
 //    still fails, braid::Error carries the report.
+// Private pools keep the memory of a captured CUDA graph to itself: while a pool is active on a
+// thread (begin_private_pool), that thread's requests are served only from the pool's segments (new
+// ones are made for it), and blocks freed into the pool are reused only by later requests made while
+// it is active, so what a graph's replays write is never handed to another user and survives between
+// replays. The pool's segments are never returned to the system; release_private_pool (when the graph
+// is destroyed) gives its blocks to the shared pool (live ones as they are freed).
 // The system side is a SystemMemory (cudaMalloc/cudaFree for CUDA devices), so the caching logic is
 // tested on the host with a fake one.
 #pragma once
@@ -20,6 +26,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "runtime/allocator.h"
 
@@ -34,6 +41,7 @@ class SystemMemory {
 };
 
 using Stream = void*;  // an opaque stream handle (cudaStream_t); nullptr is the default stream
+using PoolId = uint64_t;  // 0: the shared pool
 
 class CachingAllocator final : public Allocator {
  public:
@@ -53,8 +61,16 @@ class CachingAllocator final : public Allocator {
   void reset_peaks() override;
   std::string report() const override;
 
-  // Returns every fully free segment to the system.
+  // Returns every fully free segment of the shared pool to the system.
   void release_cached();
+
+  // A new private pool (see above); its id is never 0 and never reused.
+  PoolId create_private_pool();
+  // Serves the calling thread's requests from `pool` until end_private_pool(); one pool at a time.
+  void begin_private_pool(PoolId pool);
+  void end_private_pool();
+  // Gives the pool's blocks to the shared pool; the pool must not be active.
+  void release_private_pool(PoolId pool);
   // The size class a request of `bytes` is served with.
   static size_t round_size(size_t bytes);
 
@@ -64,6 +80,7 @@ class CachingAllocator final : public Allocator {
     size_t size;
     Stream stream;
     bool small_pool;
+    PoolId pool = 0;
     bool free = true;
     Block* previous = nullptr;  // neighbours within the same segment
     Block* next = nullptr;
@@ -72,8 +89,8 @@ class CachingAllocator final : public Allocator {
     bool operator()(const Block* a, const Block* b) const;
   };
 
-  Block* find_free(size_t size, Stream stream, bool small_pool);
-  Block* new_segment(size_t size, Stream stream, bool small_pool);
+  Block* find_free(size_t size, Stream stream, bool small_pool, PoolId pool);
+  Block* new_segment(size_t size, Stream stream, bool small_pool, PoolId pool);
   void release_cached_locked();
   std::string report_locked() const;
 
@@ -84,6 +101,9 @@ class CachingAllocator final : public Allocator {
   std::map<char*, Block*> live_blocks_;
   std::set<Block*> segments_;  // first block of each segment
   AllocatorStats stats_;
+  PoolId next_pool_ = 1;
+  PoolId active_pool_ = 0;           // the pool serving active_thread_'s requests (0: none)
+  std::thread::id active_thread_;
 };
 
 }  // namespace braid

@@ -27,7 +27,8 @@ void host_copy(const StridedView& dst, const StridedView& src, const CopyShape& 
 void host_fill(const StridedView& dst, const CopyShape& shape, double value);
 
 #ifdef BRAID_CUDA
-// Both views on the current CUDA device; ordered on the default stream, without host synchronisation.
+// Both views on the current CUDA device; ordered on the compute stream (runtime/cuda_stream.h),
+// without host synchronisation.
 void cuda_copy(const StridedView& dst, const StridedView& src, const CopyShape& shape);
 void cuda_fill(const StridedView& dst, const CopyShape& shape, double value);
 void cuda_copy_bytes(void* dst, const void* src, size_t bytes);  // any direction, synchronous

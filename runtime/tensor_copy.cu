@@ -1,5 +1,6 @@
-// Device side of runtime/device_copy.h: strided copy-and-convert and fill, ordered on the default
-// stream like every kernel (no host synchronisation: the next kernel or cudaMemcpy waits for them).
+// Device side of runtime/device_copy.h: strided copy-and-convert and fill, ordered on the compute
+// stream like every kernel (no host synchronisation: the next kernel or cudaMemcpy waits for them),
+// so a CUDA graph captures them with the kernels around them.
 //
 // Copies are the glue of views (contiguous(), casts, narrow()ed projections), so they run at memory
 // speed: adjacent dimensions that are contiguous in both views are merged first (a narrow()ed
@@ -12,6 +13,7 @@
 #include <type_traits>
 
 #include "runtime/cuda_check.h"
+#include "runtime/cuda_stream.h"
 #include "runtime/device_copy.h"
 
 namespace braid {
@@ -185,15 +187,15 @@ void launch_typed(void* dst, const void* src, const Layout& layout) {
     const int64_t vectors = columns / V;
     const dim3 grid(unsigned(std::clamp<int64_t>((vectors + kThreads - 1) / kThreads, 1, 65535)),
                     unsigned(std::min<int64_t>(rows, 65535)));
-    rows_copy_kernel<V><<<grid, kThreads>>>(static_cast<To*>(dst), dst_row_stride, static_cast<const From*>(src),
+    rows_copy_kernel<V><<<grid, kThreads, 0, compute_stream()>>>(static_cast<To*>(dst), dst_row_stride, static_cast<const From*>(src),
                                              src_row_stride, rows, vectors);
     CUDA_CHECK_LAST_LAUNCH();
     return;
   }
   if (layout.numel <= int64_t(UINT32_MAX) - int64_t(65535) * kThreads)
-    typed_copy_kernel<uint32_t><<<grid_for(layout.numel), kThreads>>>(static_cast<To*>(dst), static_cast<const From*>(src), layout);
+    typed_copy_kernel<uint32_t><<<grid_for(layout.numel), kThreads, 0, compute_stream()>>>(static_cast<To*>(dst), static_cast<const From*>(src), layout);
   else
-    typed_copy_kernel<uint64_t><<<grid_for(layout.numel), kThreads>>>(static_cast<To*>(dst), static_cast<const From*>(src), layout);
+    typed_copy_kernel<uint64_t><<<grid_for(layout.numel), kThreads, 0, compute_stream()>>>(static_cast<To*>(dst), static_cast<const From*>(src), layout);
   CUDA_CHECK_LAST_LAUNCH();
 }
 
@@ -204,7 +206,7 @@ void cuda_copy(const StridedView& dst, const StridedView& src, const CopyShape& 
   if (dst.dtype == src.dtype) {
     const size_t element = dtype_size(dst.dtype);
     if (is_one_run(layout, true)) {
-      CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, size_t(layout.numel) * element, cudaMemcpyDeviceToDevice, nullptr));
+      CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, size_t(layout.numel) * element, cudaMemcpyDeviceToDevice, compute_stream()));
       return;
     }
     switch (element) {  // the bits move unchanged, so only the element size matters
@@ -215,17 +217,17 @@ void cuda_copy(const StridedView& dst, const StridedView& src, const CopyShape& 
   }
   if (dst.dtype == DType::bf16 && src.dtype == DType::f32) return launch_typed<bf16, float>(dst.data, src.data, layout);
   if (dst.dtype == DType::f32 && src.dtype == DType::bf16) return launch_typed<float, bf16>(dst.data, src.data, layout);
-  converting_copy_kernel<<<grid_for(layout.numel), kThreads>>>(dst.data, dst.dtype, src.data, src.dtype, layout);
+  converting_copy_kernel<<<grid_for(layout.numel), kThreads, 0, compute_stream()>>>(dst.data, dst.dtype, src.data, src.dtype, layout);
   CUDA_CHECK_LAST_LAUNCH();
 }
 
 void cuda_fill(const StridedView& dst, const CopyShape& shape, double value) {
   const Layout layout = collapse(dst, nullptr, shape);
   if (value == 0 && is_one_run(layout, false)) {  // +0.0 is all-zero bits in every dtype
-    CUDA_CHECK(cudaMemsetAsync(dst.data, 0, size_t(layout.numel) * dtype_size(dst.dtype), nullptr));
+    CUDA_CHECK(cudaMemsetAsync(dst.data, 0, size_t(layout.numel) * dtype_size(dst.dtype), compute_stream()));
     return;
   }
-  fill_kernel<<<grid_for(layout.numel), kThreads>>>(dst.data, dst.dtype, layout, value);
+  fill_kernel<<<grid_for(layout.numel), kThreads, 0, compute_stream()>>>(dst.data, dst.dtype, layout, value);
   CUDA_CHECK_LAST_LAUNCH();
 }
 
@@ -233,7 +235,7 @@ void cuda_copy_bytes(void* dst, const void* src, size_t bytes) {
   CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
 }
 
-void cuda_fill_bytes(void* dst, int byte, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(dst, byte, bytes, nullptr)); }
+void cuda_fill_bytes(void* dst, int byte, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(dst, byte, bytes, compute_stream())); }
 
 void cuda_set_device(int index) { CUDA_CHECK(cudaSetDevice(index)); }
 

@@ -176,6 +176,18 @@ __global__ void rope_at_positions_kernel(const T* __restrict__ x, T* __restrict_
   out[base + i + half] = from_float<T>(second * c + first * s);
 }
 
+__global__ void decode_step_indices_kernel(int32_t* __restrict__ indices, int64_t batch, int64_t window, int64_t sink,
+                                           int64_t window_capacity) {
+  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  const int64_t length = indices[4 * batch + b];
+  indices[b] = int32_t(length);
+  indices[batch + b] = int32_t(length + 1);
+  indices[2 * batch + b] = int32_t(window == 0 || length < sink ? length : sink + (length - sink) % window);
+  indices[3 * batch + b] = int32_t(min(length + 1, window_capacity));
+  indices[4 * batch + b] = int32_t(length + 1);
+}
+
 __device__ __forceinline__ float softplus(float u) { return u > 20.f ? u : log1pf(expf(u)); }
 
 template <typename T>
@@ -305,6 +317,14 @@ void conv_state_update(void* state, const void* x, const float* weight, const fl
         apply_silu, total);
     CUDA_CHECK_LAST_LAUNCH();
   });
+}
+
+void decode_step_indices(int32_t* indices, int64_t batch, int64_t window, int64_t sink, int64_t window_capacity,
+                         cudaStream_t stream) {
+  if (batch == 0) return;
+  decode_step_indices_kernel<<<unsigned(ceil_div(batch, 128)), 128, 0, stream>>>(indices, batch, window, sink,
+                                                                                 window_capacity);
+  CUDA_CHECK_LAST_LAUNCH();
 }
 
 void ssm_state_update(float* state, const void* x, const void* dt_raw, const float* dt_bias, const float* A_log,

@@ -52,6 +52,14 @@ void conv_state_update(void* state, const void* x, const float* weight, const fl
                        int64_t batch, int64_t channels, int64_t width, bool apply_silu, DType dtype,
                        cudaStream_t stream);
 
+// The step's indices from the tokens each sequence holds, advanced in place (so a decode loop keeps
+// them on the device): indices (5, B) int32, rows positions, full_lengths, window_slots,
+// window_lengths, lengths. With L = lengths[b]: position L, full length L + 1, window slot
+// (L < sink ? L : sink + (L - sink) % window; L when window == 0), window length
+// min(L + 1, window_capacity); then lengths[b] = L + 1.
+void decode_step_indices(int32_t* indices, int64_t batch, int64_t window, int64_t sink,
+                         int64_t window_capacity, cudaStream_t stream);
+
 struct SsmStepDims {
   int64_t batch = 0, heads = 0, head_dim = 0, groups = 0, state = 0;
   float dt_min = 0, dt_max = 0;  // the delta clamp; pass +inf for none

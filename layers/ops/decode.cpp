@@ -1,5 +1,6 @@
 #include "layers/ops/decode.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/cpu/decode.h"
@@ -168,6 +169,34 @@ Tensor conv_state_update(const Tensor& state, const Tensor& x_in, const Tensor& 
                                        out.data<T>(), batch, channels, width, silu);
   });
   return out;
+}
+
+void decode_step_indices(const Tensor& indices, int64_t window, int64_t sink, int64_t window_capacity) {
+  const char* op = "decode_step_indices";
+  BRAID_CHECK(indices.dim() == 2 && indices.size(0) == 5, op, ": indices must be (5, batch), got ",
+              shape_str(indices.shape()));
+  check_dtype(op, "indices", indices, DType::i32);
+  check_contiguous(op, "indices", indices);
+  BRAID_CHECK(window >= 0 && sink >= 0 && window_capacity >= 0, op, ": window ", window, ", sink ", sink,
+              " and window_capacity ", window_capacity, " must be >= 0");
+  const int64_t batch = indices.size(1);
+#ifdef BRAID_CUDA
+  if (indices.device().is_cuda()) {
+    cuda_set_device(indices.device().index);
+    kernels::cuda::decode_step_indices(indices.data<int32_t>(), batch, window, sink, window_capacity,
+                                       compute_stream());
+    return;
+  }
+#endif
+  int32_t* row = indices.data<int32_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t length = row[4 * batch + b];
+    row[b] = int32_t(length);
+    row[batch + b] = int32_t(length + 1);
+    row[2 * batch + b] = int32_t(window == 0 || length < sink ? length : sink + (length - sink) % window);
+    row[3 * batch + b] = int32_t(std::min(length + 1, window_capacity));
+    row[4 * batch + b] = int32_t(length + 1);
+  }
 }
 
 Tensor ssm_state_update(const Tensor& state, const Tensor& x_in, const Tensor& dt_in, const Tensor& dt_bias,

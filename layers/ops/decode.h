@@ -28,6 +28,12 @@ Tensor rope_at_positions(const Tensor& x, const Tensor& positions, const RopeCon
 Tensor conv_state_update(const Tensor& state, const Tensor& x, const Tensor& weight, const Tensor& bias,
                          bool silu = true);
 
+// A decode step's indices from the tokens each sequence holds, advanced in place on the tensor's
+// device: indices (5, B) i32 contiguous, rows positions, full_lengths, window_slots, window_lengths,
+// lengths (kernels/cuda/decode.h). Only `lengths` is read; the other rows are written, and lengths
+// grows by one. window == 0: no window (slot = position).
+void decode_step_indices(const Tensor& indices, int64_t window, int64_t sink, int64_t window_capacity);
+
 // One SSM token: state (B, H, P, N) (fp32; x's dtype on the CPU) updated in place, x (B, H, P),
 // dt_raw (B, H), B and C (B, G, N), dt_bias, A_log, D (H) -> y (B, H, P), D skip included.
 Tensor ssm_state_update(const Tensor& state, const Tensor& x, const Tensor& dt_raw,

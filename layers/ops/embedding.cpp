@@ -88,14 +88,22 @@ autograd::Var embedding(const autograd::Var& table, const autograd::Var& ids) {
   if (on_cuda) cuda_set_device(table_value.device().index);
 #endif
   Tensor ids_i64 = ids->value.to(DType::i64).contiguous();
-  // The range check reads the ids on the host (for ids on CUDA, one copy per call).
-  Tensor ids_host = ids_i64.to(Device::cpu());
-  const int64_t* id = ids_host.data<int64_t>();
-  for (int64_t i = 0; i < ids_host.numel(); ++i)
-    BRAID_CHECK(id[i] >= 0 && id[i] < vocab, "embedding: token id ", id[i], " at position ",
-                shape_str(unravel(i, ids_host.shape())), " of ids with shape ",
-                shape_str(ids_host.shape()), " is out of range for a table of V = ", vocab,
-                " rows (shape ", shape_str(table_value.shape()), ")");
+  // The range check reads the ids on the host (for ids on CUDA, one copy per call). Not while a
+  // CUDA graph records (a host read would break the capture): the inference session that captures
+  // its decode step checks every token it is given on the host, and sampled ids are in range.
+  bool check_range = true;
+#ifdef BRAID_CUDA
+  if (on_cuda) check_range = !compute_stream_capturing();
+#endif
+  if (check_range) {
+    Tensor ids_host = ids_i64.to(Device::cpu());
+    const int64_t* id = ids_host.data<int64_t>();
+    for (int64_t i = 0; i < ids_host.numel(); ++i)
+      BRAID_CHECK(id[i] >= 0 && id[i] < vocab, "embedding: token id ", id[i], " at position ",
+                  shape_str(unravel(i, ids_host.shape())), " of ids with shape ",
+                  shape_str(ids_host.shape()), " is out of range for a table of V = ", vocab,
+                  " rows (shape ", shape_str(table_value.shape()), ")");
+  }
 
   Tensor table_contiguous = table_value.contiguous();
   Shape out_shape = ids_i64.shape();
@@ -110,7 +118,7 @@ autograd::Var embedding(const autograd::Var& table, const autograd::Var& ids) {
 #endif
   } else {
     dispatch_cpu_float("embedding", table_value.dtype(), [&]<typename T>() {
-      kernels::cpu::embedding_forward<T>(table_contiguous.data<T>(), id, out.data<T>(),
+      kernels::cpu::embedding_forward<T>(table_contiguous.data<T>(), ids_i64.data<int64_t>(), out.data<T>(),
                                          ids_i64.numel(), dim);
     });
   }

@@ -1,6 +1,7 @@
 // Allocator statistics, and the caching allocator's pools, splitting, merging and out-of-memory
 // report, driven on the host through a fake system memory with a hard limit.
 #include <cstdlib>
+#include <thread>
 
 #include "runtime/caching_allocator.h"
 #include "runtime/tensor.h"
@@ -153,6 +154,64 @@ TEST(CachingAllocator, OutOfMemoryReleasesCacheThenReports) {
   allocator.deallocate(b);  // still consistent after the failure
   EXPECT_EQ(allocator.stats().allocated, 0u);
   EXPECT_THROW(allocator.deallocate(reinterpret_cast<void*>(0x1234)), Error);
+}
+
+// A private pool (a CUDA graph's memory): blocks freed inside it are reused only inside it, never by
+// requests outside it or from other threads, its segments survive release_cached(), and once
+// released its blocks (live ones as they are freed) rejoin the shared pool.
+TEST(CachingAllocator, PrivatePoolKeepsItsBlocksUntilReleased) {
+  size_t in_use = 0;
+  CachingAllocator allocator(Device::cuda(0), std::make_unique<FakeMemory>(64 * MiB, &in_use));
+  const PoolId pool = allocator.create_private_pool();
+  EXPECT_NE(pool, 0u);
+  EXPECT_NE(allocator.create_private_pool(), pool);
+  allocator.begin_private_pool(pool);
+  void* small = allocator.allocate(1000);
+  void* large = allocator.allocate(3 * MiB);
+  void* kept = allocator.allocate(5000);  // stays live past the pool's release
+  allocator.deallocate(small);
+  allocator.deallocate(large);
+  EXPECT_EQ(allocator.allocate(1000), small);  // reused inside the pool
+  allocator.deallocate(small);
+  void* other_thread = nullptr;
+  std::thread([&] { other_thread = allocator.allocate(1000); }).join();
+  EXPECT_NE(other_thread, small);
+  allocator.end_private_pool();
+
+  void* outside_small = allocator.allocate(1000);
+  void* outside_large = allocator.allocate(3 * MiB);
+  EXPECT_NE(outside_small, small);
+  EXPECT_NE(outside_large, large);
+  allocator.deallocate(outside_small);
+  allocator.deallocate(outside_large);
+  allocator.deallocate(other_thread);
+  const size_t pool_bytes = 2 * MiB + 4 * MiB;  // one small segment, one 3 MiB request rounded up
+  allocator.release_cached();
+  EXPECT_EQ(in_use, pool_bytes);  // the pool's segments stay
+
+  allocator.release_private_pool(pool);
+  EXPECT_EQ(allocator.allocate(3 * MiB), large);  // now shared
+  allocator.deallocate(large);
+  allocator.release_cached();
+  EXPECT_EQ(in_use, 2 * MiB);  // the small segment still holds `kept`
+  allocator.deallocate(kept);
+  allocator.release_cached();
+  EXPECT_EQ(in_use, 0u);
+  EXPECT_EQ(allocator.stats().allocated, 0u);
+}
+
+TEST(CachingAllocator, PrivatePoolMisuseRaises) {
+  size_t in_use = 0;
+  CachingAllocator allocator(Device::cuda(0), std::make_unique<FakeMemory>(64 * MiB, &in_use));
+  const PoolId pool = allocator.create_private_pool();
+  EXPECT_THROW(allocator.begin_private_pool(0), Error);
+  EXPECT_THROW(allocator.begin_private_pool(pool + 1), Error);
+  allocator.begin_private_pool(pool);
+  EXPECT_THROW(allocator.begin_private_pool(pool), Error);
+  EXPECT_THROW(allocator.release_private_pool(pool), Error);
+  allocator.end_private_pool();
+  EXPECT_THROW(allocator.release_private_pool(0), Error);
+  allocator.release_private_pool(pool);
 }
 
 }  // namespace
