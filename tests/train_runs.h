@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +20,7 @@
 
 #include "runtime/rng.h"
 #include "runtime/token_shard.h"
+#include "tests/run_command.h"
 #include "train/checkpoint.h"
 
 namespace braid::testing {
@@ -31,11 +31,6 @@ inline const char* kMpirun =
     "mpirun --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x NCCL_NVLS_ENABLE=0";
 
 inline bool mpirun_available() { return std::system("command -v mpirun > /dev/null 2>&1") == 0; }
-
-struct Outcome {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
 
 class TrainRuns {
  public:
@@ -71,13 +66,7 @@ class TrainRuns {
   Outcome run(int ranks, const std::string& out, const std::string& extra) const {
     const std::string command = (ranks > 0 ? std::string(kMpirun) + " -np " + std::to_string(ranks) + " " : "") +
                                 arguments(out, extra) + " 2>&1";
-    Outcome outcome{0, ""};
-    FILE* pipe = popen(command.c_str(), "r");
-    char buffer[4096];
-    while (size_t n = fread(buffer, 1, sizeof buffer, pipe)) outcome.output.append(buffer, n);
-    const int status = pclose(pipe);
-    outcome.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-    return outcome;
+    return run_command(command);
   }
 
   std::vector<double> losses(const std::string& out) const {

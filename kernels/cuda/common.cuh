@@ -53,6 +53,17 @@ __device__ __forceinline__ float block_sum(float value, float* scratch) {
   return warp_sum(value);
 }
 
+// Max over the whole block, the same pattern and contract as block_sum.
+__device__ __forceinline__ float block_max(float value, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  value = warp_max(value);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = value;
+  __syncthreads();
+  value = lane < warps ? scratch[lane] : -INFINITY;
+  return warp_max(value);
+}
+
 // V consecutive elements of T moved as one aligned access (V * sizeof(T) a power of two <= 16).
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Pack {

@@ -53,17 +53,6 @@ __device__ __forceinline__ uint4 pack(const float (&x)[kVector<T>]) {
   return make_uint4(words[0], words[1], words[2], words[3]);
 }
 
-// Max over the whole block, the same fixed-order pattern as block_sum in common.cuh.
-__device__ __forceinline__ float block_max(float value, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  value = warp_max(value);
-  __syncthreads();  // scratch may still be read by a previous reduction
-  if (lane == 0) scratch[warp] = value;
-  __syncthreads();
-  value = lane < warps ? scratch[lane] : -INFINITY;
-  return warp_max(value);
-}
-
 // One thread's share of a row: the largest logit seen so far and sum exp(x - max) over the values
 // seen, rescaled whenever the maximum grows (online softmax). A vector is folded in with one
 // rescale, so the row costs one exp per element plus one per vector that raises the maximum.

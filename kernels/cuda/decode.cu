@@ -19,16 +19,6 @@ __device__ __forceinline__ bool key_visible(int64_t t, int64_t s, int64_t window
   return s <= t && (window == 0 || t - s < window || s < sink);
 }
 
-__device__ __forceinline__ float block_max(float value, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  value = warp_max(value);
-  __syncthreads();  // scratch may still be read by a previous reduction
-  if (lane == 0) scratch[warp] = value;
-  __syncthreads();
-  value = lane < kWarps ? scratch[lane] : -INFINITY;
-  return warp_max(value);
-}
-
 // One CTA: query row (b, t) x query head h x one split of the cache's slots. Online softmax over
 // tiles of kKeyTile keys; with one split the normalized row goes straight to `out`, otherwise the
 // normalized partial and its LSE go to the workspace for the merge.

@@ -16,6 +16,7 @@
 #include "layers/cost_model.h"
 #include "layers/sampling.h"
 #include "runtime/token_shard.h"
+#include "tests/run_command.h"
 #include "tools/tokenizer.h"
 
 namespace braid {
@@ -23,20 +24,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Outcome {
-  int exit_code;
-  std::string output;  // stdout, and stderr too when asked
-};
-
-Outcome run_command(const std::string& command) {
-  Outcome outcome{0, ""};
-  FILE* pipe = popen(command.c_str(), "r");
-  char buffer[4096];
-  while (size_t n = fread(buffer, 1, sizeof buffer, pipe)) outcome.output.append(buffer, n);
-  const int status = pclose(pipe);
-  outcome.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-  return outcome;
-}
+using testing::Outcome;
+using testing::run_command;
 
 // The last line of the output that starts with "error: ".
 std::string error_line(const std::string& output) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "runtime/token_shard.h"
+#include "tests/run_command.h"
 #include "tools/tokenizer.h"
 
 namespace braid {
@@ -24,20 +25,10 @@ namespace {
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
-struct Outcome {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
+using testing::Outcome;
 
-Outcome run_command(const std::string& command) {
-  Outcome outcome{0, ""};
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  char buffer[4096];
-  while (size_t n = fread(buffer, 1, sizeof buffer, pipe)) outcome.output.append(buffer, n);
-  const int status = pclose(pipe);
-  outcome.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-  return outcome;
-}
+// stdout and stderr together.
+Outcome run_command(const std::string& command) { return testing::run_command(command + " 2>&1"); }
 
 bool has_program(const std::string& name) { return std::system(("command -v " + name + " > /dev/null 2>&1").c_str()) == 0; }
 

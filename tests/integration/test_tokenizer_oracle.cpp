@@ -18,9 +18,9 @@
 #include <string>
 #include <vector>
 
-#include <sys/wait.h>
 #include <unistd.h>
 
+#include "tests/run_command.h"
 #include "tools/bpe_trainer.h"
 #include "tools/tokenizer.h"
 
@@ -154,12 +154,8 @@ TEST(TokenizerOracle, Gpt2RoundTripsRandomBytes) {
 
 // Runs a shell command; returns its exit status and standard output.
 std::pair<int, std::string> run(const std::string& command) {
-  std::string output;
-  FILE* pipe = popen(command.c_str(), "r");
-  char buffer[4096];
-  while (size_t got = fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, got);
-  int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+  const testing::Outcome outcome = testing::run_command(command);
+  return {outcome.exit_code, outcome.output};
 }
 
 TEST(TokenizerCli, EncodeDecodeTrainMatchTheLibrary) {

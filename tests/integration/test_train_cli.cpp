@@ -12,6 +12,7 @@
 #include "runtime/rng.h"
 #include "runtime/safetensors.h"
 #include "runtime/token_shard.h"
+#include "tests/run_command.h"
 #include "train/checkpoint.h"
 
 namespace braid {
@@ -19,10 +20,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Outcome {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
+using testing::Outcome;
 
 class TrainCli : public ::testing::Test {
  protected:
@@ -63,13 +61,7 @@ class TrainCli : public ::testing::Test {
     const std::string command = binary_.string() + " --model " + (dir_ / "model.json").string() + " --data " +
                                 (dir_ / "train.bin").string() + " --val " + (dir_ / "val.bin").string() +
                                 " --seq-len 16 --micro-batch 4 --lr 3e-3 --eval-every 0 " + arguments + " 2>&1";
-    Outcome outcome{0, ""};
-    FILE* pipe = popen(command.c_str(), "r");
-    char buffer[4096];
-    while (size_t n = fread(buffer, 1, sizeof buffer, pipe)) outcome.output.append(buffer, n);
-    const int status = pclose(pipe);
-    outcome.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-    return outcome;
+    return testing::run_command(command);
   }
 
   static std::vector<double> losses(const fs::path& metrics) {
