@@ -93,16 +93,18 @@ std::string read_text(const std::string& path, const std::string& what) {
   return text.str();
 }
 
-// Writes `json` where --json asks; returns whether the table should still be printed.
+// Writes `json` where --json asks; returns whether the table should still be printed. Generated text
+// can end inside a multi-byte character (byte-level tokens), so invalid UTF-8 is written as U+FFFD.
 bool emit_json(const Common& common, const Json& json) {
   if (common.json.empty()) return true;
+  const std::string text = json.dump(2, ' ', false, Json::error_handler_t::replace);
   if (common.json == "-") {
-    std::cout << json.dump(2) << std::endl;
+    std::cout << text << std::endl;
     return false;
   }
   std::ofstream out(common.json);
   BRAID_CHECK(out.good(), "--json ", common.json, ": cannot write");
-  out << json.dump(2) << "\n";
+  out << text << "\n";
   BRAID_CHECK(out.good(), "--json ", common.json, ": write failed");
   return true;
 }

@@ -30,7 +30,7 @@ Tensor sample_tokens(const Tensor& logits_in, double temperature, int64_t top_k,
   kernels::cuda::sample_tokens(logits.data<float>(), tokens.data<int32_t>(), batch, vocab, params,
                                bytes ? workspace.raw_data() : nullptr, compute_stream());
 #else
-  (void)temperature, (void)top_p, (void)seed, (void)draw;
+  (void)temperature, (void)top_p, (void)seed, (void)draw, (void)vocab;
 #endif
   return tokens;
 }
