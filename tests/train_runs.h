@@ -32,6 +32,17 @@ inline const char* kMpirun =
 
 inline bool mpirun_available() { return std::system("command -v mpirun > /dev/null 2>&1") == 0; }
 
+// Tokens with structure a model can learn: a noisy walk over 64 ids.
+inline void write_walk_shard(const std::filesystem::path& path, size_t count, uint64_t seed) {
+  Tensor noise = Tensor::empty({int64_t(count)}, DType::f64);
+  fill_uniform(noise, seed, 0);
+  std::vector<double> u = noise.to_doubles();
+  std::vector<uint32_t> tokens(count);
+  uint32_t token = 0;
+  for (size_t i = 0; i < count; ++i) tokens[i] = token = (token + (u[i] < 0.8 ? 1 : uint32_t(u[i] * 640))) % 64;
+  write_token_shard(path.string(), tokens);
+}
+
 class TrainRuns {
  public:
   // Sets up a fresh directory with the model and shards; `binary` is build/train.
@@ -48,8 +59,8 @@ class TrainRuns {
       "intra": {"n_heads": 2, "n_kv_heads": 1, "qk_dim": 8, "v_dim": 16, "d_ssm": 16,
                 "mamba_head_dim": 16, "d_state": 16},
       "ffn": {"kind": "moe", "d_ffn": 32, "n_experts": 4, "top_k": 1, "bias_update_rate": 0.01}})";
-    write_shard("train.bin", 40000, 1);
-    write_shard("val.bin", 2000, 2);
+    write_walk_shard(dir_ / "train.bin", 40000, 1);
+    write_walk_shard(dir_ / "val.bin", 2000, 2);
   }
   ~TrainRuns() { std::filesystem::remove_all(dir_); }
 
@@ -88,16 +99,6 @@ class TrainRuns {
   }
 
  private:
-  // Tokens with structure a model can learn: a noisy walk over the 64 ids.
-  void write_shard(const std::string& name, size_t count, uint64_t seed) const {
-    Tensor noise = Tensor::empty({int64_t(count)}, DType::f64);
-    fill_uniform(noise, seed, 0);
-    std::vector<double> u = noise.to_doubles();
-    std::vector<uint32_t> tokens(count);
-    uint32_t token = 0;
-    for (size_t i = 0; i < count; ++i) tokens[i] = token = (token + (u[i] < 0.8 ? 1 : uint32_t(u[i] * 640))) % 64;
-    write_token_shard((dir_ / name).string(), tokens);
-  }
 
   std::filesystem::path binary_, dir_;
 };

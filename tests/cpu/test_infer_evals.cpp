@@ -14,36 +14,16 @@
 #include "infer/needle.h"
 #include "infer/perplexity.h"
 #include "layers/hybrid_lm.h"
+#include "tests/micro_model.h"
 #include "tests/test_util.h"
 
 namespace braid::infer {
 namespace {
 
 using testing::error_of;
+using testing::micro_config;
 using testing::sample_ids;
 
-ModelConfig micro_config(const std::string& pattern, int64_t vocab) {
-  ModelConfig config;
-  config.name = "micro-" + pattern;
-  config.vocab_size = vocab;
-  config.d_model = 8;
-  config.pattern = pattern;
-  config.init_std = 0.3;  // large enough that every path carries signal at this size
-  config.attention = {2, 1, 4, {}};
-  config.mamba.d_ssm = 8;
-  config.mamba.head_dim = 4;
-  config.mamba.d_state = 3;
-  config.mamba.chunk = 4;
-  config.intra.n_heads = 2;
-  config.intra.n_kv_heads = 2;
-  config.intra.qk_dim = 8;
-  config.intra.v_dim = 8;
-  config.intra.d_ssm = 8;
-  config.intra.mamba_head_dim = 4;
-  config.intra.d_state = 3;
-  config.ffn.d_ffn = 6;
-  return config;
-}
 
 std::unique_ptr<HybridLM> random_model(const std::string& pattern, int64_t vocab, uint64_t seed) {
   auto model = std::make_unique<HybridLM>(micro_config(pattern, vocab), TensorOptions{});

@@ -7,6 +7,7 @@
 #include "autograd/tape.h"
 #include "layers/cost_model.h"
 #include "layers/hybrid_lm.h"
+#include "tests/micro_model.h"
 #include "tests/test_util.h"
 
 namespace braid {
@@ -14,31 +15,8 @@ namespace {
 
 using autograd::Var;
 using Intra = IntraHybridConfig;
+using testing::micro_config;
 
-ModelConfig micro_config(const std::string& pattern) {
-  ModelConfig config;
-  config.name = "micro-" + pattern;
-  config.vocab_size = 11;
-  config.d_model = 8;
-  config.pattern = pattern;
-  config.init_std = 0.3;  // large enough that every path carries signal at this size
-  config.attention = {2, 1, 4, {}};
-  config.sliding_window = {3, 1, 10000};
-  config.mamba.d_ssm = 8;
-  config.mamba.head_dim = 4;
-  config.mamba.d_state = 3;
-  config.mamba.chunk = 4;
-  config.intra.n_heads = 2;
-  config.intra.n_kv_heads = 2;
-  config.intra.qk_dim = 8;
-  config.intra.v_dim = 8;
-  config.intra.d_ssm = 8;
-  config.intra.mamba_head_dim = 4;
-  config.intra.d_state = 3;
-  config.ffn.d_ffn = 6;
-  config.ffn.n_experts = 3;
-  return config;
-}
 
 // Gradcheck of the mean loss with respect to every parameter of the model.
 void expect_model_gradients(const ModelConfig& config, uint64_t seed) {

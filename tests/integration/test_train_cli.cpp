@@ -13,6 +13,7 @@
 #include "runtime/safetensors.h"
 #include "runtime/token_shard.h"
 #include "tests/run_command.h"
+#include "tests/train_runs.h"
 #include "train/checkpoint.h"
 
 namespace braid {
@@ -39,23 +40,13 @@ class TrainCli : public ::testing::Test {
       "intra": {"n_heads": 2, "n_kv_heads": 1, "qk_dim": 8, "v_dim": 16, "d_ssm": 16,
                 "mamba_head_dim": 8, "d_state": 4},
       "ffn": {"d_ffn": 32}})";
-    write_shard("train.bin", 20000, 1);
-    write_shard("val.bin", 2000, 2);
+    testing::write_walk_shard(dir_ / "train.bin", 20000, 1);
+    testing::write_walk_shard(dir_ / "val.bin", 2000, 2);
   }
   void TearDown() override {
     if (!dir_.empty()) fs::remove_all(dir_);
   }
 
-  // Tokens with structure a model can learn: a noisy walk over the 64 ids.
-  void write_shard(const std::string& name, size_t count, uint64_t seed) {
-    Tensor noise = Tensor::empty({int64_t(count)}, DType::f64);
-    fill_uniform(noise, seed, 0);
-    std::vector<double> u = noise.to_doubles();
-    std::vector<uint32_t> tokens(count);
-    uint32_t token = 0;
-    for (size_t i = 0; i < count; ++i) tokens[i] = token = (token + (u[i] < 0.8 ? 1 : uint32_t(u[i] * 640))) % 64;
-    write_token_shard((dir_ / name).string(), tokens);
-  }
 
   Outcome train(const std::string& arguments) {
     const std::string command = binary_.string() + " --model " + (dir_ / "model.json").string() + " --data " +
