@@ -80,9 +80,7 @@ class Progress {
 Tokenizer open_tokenizer(const Common& common, const LoadedModel& loaded) {
   const std::string path = common.tokenizer.empty() ? loaded.tokenizer : common.tokenizer;
   BRAID_CHECK(!path.empty(), "--tokenizer is required (the checkpoint names none)");
-  BRAID_CHECK(std::filesystem::exists(path), "--tokenizer ", path, ": no such file or directory");
-  if (std::filesystem::is_directory(path)) return Tokenizer::load_gpt2(path + "/encoder.json", path + "/vocab.bpe");
-  return Tokenizer::load(path);
+  return Tokenizer::open(path);
 }
 
 std::string read_text(const std::string& path, const std::string& what) {

@@ -68,11 +68,7 @@ braid::Tokenizer load_tokenizer(const VocabularyOptions& options) {
     return braid::Tokenizer::load_tiktoken(options.tiktoken, specials);
   }
   BRAID_CHECK(!options.vocab.empty(), "pass --vocab (GPT-2 directory or tokenizer file) or --tiktoken");
-  BRAID_CHECK(fs::exists(options.vocab), options.vocab, ": no such vocabulary file or directory");
-  if (fs::is_directory(options.vocab))
-    return braid::Tokenizer::load_gpt2((fs::path(options.vocab) / "encoder.json").string(),
-                                       (fs::path(options.vocab) / "vocab.bpe").string());
-  return braid::Tokenizer::load(options.vocab);
+  return braid::Tokenizer::open(options.vocab);
 }
 
 std::string read_input(const std::string& path) {

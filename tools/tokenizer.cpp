@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <filesystem>
 #include <array>
 #include <atomic>
 #include <fstream>
@@ -503,6 +504,12 @@ Tokenizer Tokenizer::from_ranks(std::vector<std::string> tokens, const std::map<
 }
 
 // Our format: tiktoken's rank lines (rank = id), then one JSON line {"<special>": id, ...}.
+Tokenizer Tokenizer::open(const std::string& path) {
+  BRAID_CHECK(std::filesystem::exists(path), path, ": no such vocabulary file or directory");
+  if (std::filesystem::is_directory(path)) return load_gpt2(path + "/encoder.json", path + "/vocab.bpe");
+  return load(path);
+}
+
 Tokenizer Tokenizer::load(const std::string& path) {
   std::string text = read_file(path);
   std::vector<std::string_view> lines = split_lines(text);

@@ -21,6 +21,9 @@ class Tokenizer {
   static Tokenizer load_tiktoken(const std::string& path, const std::map<std::string, uint32_t>& specials);
   // A tokenizer saved by `save` (our own format: tiktoken ranks + a JSON line of specials).
   static Tokenizer load(const std::string& path);
+  // What the programs' --tokenizer / --vocab options name: a GPT-2 vocabulary directory
+  // (encoder.json, vocab.bpe) or a file written by `save`.
+  static Tokenizer open(const std::string& path);
   void save(const std::string& path) const;
   // Ordinary token i has the bytes tokens[i] and rank i (merged as tiktoken does: an adjacent pair
   // whose concatenation is a token merges at that token's rank); specials take the ids after them.

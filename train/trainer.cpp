@@ -61,12 +61,6 @@ std::string format_duration(double seconds) {
   return text;
 }
 
-Tokenizer load_tokenizer(const std::string& path) {
-  namespace fs = std::filesystem;
-  if (fs::is_directory(path)) return Tokenizer::load_gpt2(path + "/encoder.json", path + "/vocab.bpe");
-  return Tokenizer::load(path);
-}
-
 }  // namespace
 
 Trainer::Trainer(TrainConfig config) : config_(std::move(config)), communicator_(Communicator::world()) {
@@ -140,7 +134,7 @@ Trainer::Trainer(TrainConfig config) : config_(std::move(config)), communicator_
     BRAID_CHECK(val_data_->batches_per_epoch() > 0, "--val ", config_.val, ": fewer than ", config_.micro_batch,
                 " rows of ", config_.seq_len + 1, " tokens");
   }
-  if (!config_.tokenizer.empty()) tokenizer_ = load_tokenizer(config_.tokenizer);
+  if (!config_.tokenizer.empty()) tokenizer_ = Tokenizer::open(config_.tokenizer);
 
   // Batch and budget. --batch-tokens is the global batch: the same run on any number of ranks.
   const int64_t micro_tokens = config_.micro_batch * config_.seq_len;
