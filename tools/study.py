@@ -39,7 +39,7 @@ import tempfile
 import time
 
 STUDY_KEYS = {"name", "description", "scale", "out", "store", "train", "budgets", "seeds", "evaluations",
-              "cost_contexts", "entries", "prune_checkpoints", "launcher"}
+              "cost_contexts", "entries", "prune_checkpoints", "launcher", "overrides"}
 ENTRY_KEYS = {"name", "preset", "scale", "overrides", "budgets", "seeds", "train"}
 BUDGET_KEYS = {"tokens", "flops", "flops_of"}
 EVALUATIONS = {
@@ -173,6 +173,10 @@ def load_study(path, repo, train_binary, scratch):
     out = os.path.join(repo, study.get("out", f"runs/studies/{name}"))
     store = os.path.join(repo, study.get("store", "runs/studies/store"))
 
+    # Model overrides under every entry's own (e.g. the corpus's vocabulary for presets sized for another).
+    study_overrides = study.get("overrides", {})
+    if not isinstance(study_overrides, dict):
+        raise StudyError(f"{where}: key \"overrides\" must be an object of \"section.key\": value")
     entries = study["entries"]
     names = [entry.get("name") for entry in entries]
     runs, models = [], {}
@@ -200,12 +204,14 @@ def load_study(path, repo, train_binary, scratch):
         overrides = entry.get("overrides", {})
         if not isinstance(overrides, dict):
             raise StudyError(f"{at}: key \"overrides\" must be an object of \"section.key\": value")
+        overrides = {**study_overrides, **overrides}
         entry_train = dict(train)
         entry_train.update(entry.get("train", {}))
         for key in entry.get("train", {}):
             if key in RUNNER_OWNED:
                 raise StudyError(f"{at}: key \"train.{key}\": set by the runner (use budgets and seeds)")
         model = engine_checked_model(at, preset_config, overrides, entry_train, train_binary, scratch)
+        check_vocabulary(at, model["config"], entry_train, repo)
         models[entry_name] = model
         entry_budgets = entry.get("budgets", list(budgets))
         entry_seeds = entry.get("seeds", seeds)
@@ -250,6 +256,21 @@ def load_study(path, repo, train_binary, scratch):
                 launcher=shlex.split(study.get("launcher", "")),
                 evaluations=evaluations, cost_contexts=study.get("cost_contexts", [1024, 2048, 4096, 8192, 16384,
                                                                                    32768]))
+
+
+def check_vocabulary(at, config, train, repo):
+    """The shards' meta.json (written by prepare_data) names their vocabulary; train refuses a model of
+    another size, so the study does before anything is trained."""
+    for key in ("data", "val"):
+        meta_path = os.path.join(repo, os.path.dirname(train[key]), "meta.json")
+        if not os.path.isfile(meta_path):
+            continue
+        with open(meta_path) as f:
+            data_vocab = json.load(f).get("vocab_size")
+        if data_vocab is not None and data_vocab != config["vocab_size"]:
+            raise StudyError(f"{at}: key \"vocab_size\": the model has {config['vocab_size']} ids but "
+                             f"{os.path.relpath(meta_path, repo)} says the shards use {data_vocab} "
+                             f"(override \"vocab_size\" in the study's or the entry's \"overrides\")")
 
 
 def engine_checked_model(at, preset_config, overrides, train, train_binary, scratch):
@@ -624,6 +645,14 @@ def gnuplot_terminal():
     return "pngcairo size 1100,700 noenhanced font ',10'" if probe.returncode == 0 else "png size 1100,700 noenhanced"
 
 
+# Sixteen distinguishable series colours (gnuplot's default cycle repeats after eight, and a study can
+# have more runs than that); series 9-16 are also dashed.
+SERIES_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                  "#bcbd22", "#17becf", "#000000", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5"]
+SERIES_STYLES = "".join(f"set linetype {i + 1} lc rgb '{colour}' dt {1 if i < 8 else 2}\n"
+                        for i, colour in enumerate(SERIES_COLOURS)) + f"set linetype cycle {len(SERIES_COLOURS)}\n"
+
+
 def quoted(text):
     return "'" + str(text).replace("'", "''") + "'"
 
@@ -648,7 +677,7 @@ class Plotter:
         with open(script, "w") as f:
             f.write(f"set terminal {self.terminal}\nset output {quoted(os.path.join(self.directory, name + '.png'))}\n"
                     f"set title {quoted(title)}\nset xlabel {quoted(xlabel)}\nset ylabel {quoted(ylabel)}\n"
-                    "set grid\nset key outside right top\n" + body + "\n")
+                    "set grid\nset key outside right top\n" + SERIES_STYLES + body + "\n")
         result = subprocess.run(["gnuplot", script], capture_output=True, text=True)
         if result.returncode != 0:
             raise StudyError(f"gnuplot {script}: {result.stderr.strip()}")
@@ -816,7 +845,12 @@ def main():
                 else:
                     results.append(execute(run, run.directory, study["evaluations"], binaries, logs, repo,
                                            study["prune_checkpoints"], study["launcher"]))
-            plots = make_plots(study, study["runs"], results, binaries["train"])
+            if shutil.which("gnuplot"):
+                plots = make_plots(study, study["runs"], results, binaries["train"])
+            else:  # e.g. a GPU node without it: the runs and tables still count; rerun where gnuplot is
+                plots = []
+                log(logs, f"study {study['name']}: gnuplot not found, plots skipped (rerun with gnuplot on PATH "
+                          "to draw them from the finished runs)")
             write_tables(study, [table_row(run, result, repo) for run, result in zip(study["runs"], results)],
                          plots, command)
             log(logs, f"study {study['name']}: wrote {os.path.relpath(study['out'], repo)}/results.md, results.csv "

@@ -121,10 +121,12 @@ class StudyRunner : public ::testing::Test {
   static std::string path(const std::string& name) { return (dir_ / name).string(); }
 
   // A study named `name` with its own output and run store under the test directory.
-  static void write_study(const std::string& name, const std::string& entries) {
-    std::ofstream(path(name + ".json")) << R"({"name": ")" << name << R"(", "scale": "tiny",
+  // `shards` names the folder of train.bin and val.bin under the test directory; `extra` adds study keys.
+  static void write_study(const std::string& name, const std::string& entries, const std::string& shards = ".",
+                          const std::string& extra = "") {
+    std::ofstream(path(name + ".json")) << R"({"name": ")" << name << R"(", "scale": "tiny", )" << extra << R"(
       "out": ")" << path(name + "_out") << R"(", "store": ")" << path(name + "_store") << R"(",
-      "train": {"data": ")" << path("train.bin") << R"(", "val": ")" << path("val.bin") << R"(",
+      "train": {"data": ")" << path(shards + "/train.bin") << R"(", "val": ")" << path(shards + "/val.bin") << R"(",
                 "tokenizer": ")" << path("tokenizer.txt") << R"(", "seq_len": 16, "micro_batch": 2,
                 "lr": 0.006, "eval_every": 0, "eval_batches": 2, "sample_tokens": 4, "threads": 2},
       "budgets": {"data": {"tokens": 256}},
@@ -135,9 +137,9 @@ class StudyRunner : public ::testing::Test {
       "cost_contexts": [1024, 8192],
       "entries": )" << entries << "}";
   }
-  static Outcome study(const std::string& name) {
-    return run_command("cd " + repo_.string() + " && python3 tools/study.py --bin " + bin_.string() + " " +
-                       path(name + ".json"));
+  static Outcome study(const std::string& name, const std::string& flags = "") {
+    return run_command("cd " + repo_.string() + " && python3 tools/study.py --bin " + bin_.string() + " " + flags +
+                       " " + path(name + ".json"));
   }
   // The run directories in a study's store (the runner's derived inputs live in "inputs").
   static std::vector<fs::path> run_dirs(const std::string& name) {
@@ -272,6 +274,27 @@ TEST_F(StudyRunner, ImpossibleOverrideFailsBeforeTrainingNamingEntryAndKey) {
   EXPECT_NE(outcome.output.find("entry \"spelling\": override \"intra.fusoin\": "), std::string::npos) << outcome.output;
   EXPECT_NE(outcome.output.find("fusoin"), std::string::npos) << outcome.output;
   EXPECT_TRUE(run_dirs("misspelt").empty());
+}
+
+TEST_F(StudyRunner, VocabularyOtherThanTheShardsFailsBeforeTraining) {
+  // prepare_data's meta.json beside the shards names their vocabulary; the tiny presets have 50257 ids.
+  fs::create_directories(path("small_vocab"));
+  fs::copy_file(path("train.bin"), path("small_vocab/train.bin"), fs::copy_options::overwrite_existing);
+  fs::copy_file(path("val.bin"), path("small_vocab/val.bin"), fs::copy_options::overwrite_existing);
+  std::ofstream(path("small_vocab/meta.json")) << R"({"vocab_size": 300})";
+  write_study("vocab", R"([{"name": "mamba", "preset": "mamba"}])", "small_vocab");
+  Outcome outcome = study("vocab");
+  EXPECT_EQ(outcome.exit_code, 1) << outcome.output;
+  EXPECT_NE(outcome.output.find("entry \"mamba\": key \"vocab_size\": the model has 50257 ids"), std::string::npos)
+      << outcome.output;
+  EXPECT_TRUE(run_dirs("vocab").empty());
+
+  // A study-level override applies under every entry and makes the plan valid.
+  write_study("vocab_fixed", R"([{"name": "mamba", "preset": "mamba"}])", "small_vocab",
+              R"("overrides": {"vocab_size": 300},)");
+  outcome = study("vocab_fixed", "--dry-run");
+  EXPECT_EQ(outcome.exit_code, 0) << outcome.output;
+  EXPECT_TRUE(run_dirs("vocab_fixed").empty());
 }
 
 }  // namespace
