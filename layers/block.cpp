@@ -108,10 +108,16 @@ autograd::Var Block::forward(const autograd::Var& x) const {
   return ops::add(h.sum, ffn_->forward(h.normed));
 }
 
-autograd::Var Block::forward_cached(const autograd::Var& x, LayerCache& cache, const InferenceStep& step) const {
-  autograd::Var mixed = mixer_->forward_cached(mixer_norm_->forward(x), cache, step);
-  ops::AddRmsnormResult h = ops::add_rmsnorm(mixed, x, ffn_norm_->weight(), ffn_norm_->eps());
-  return ops::add(h.sum, ffn_->forward_inference(h.normed, step));
+Block::Stream Block::forward_cached(const Stream& x, LayerCache& cache, const InferenceStep& step) const {
+  ops::AddRmsnormResult in = normalize_stream(x, *mixer_norm_);
+  autograd::Var mixed = mixer_->forward_cached(in.normed, cache, step);
+  ops::AddRmsnormResult h = ops::add_rmsnorm(mixed, in.sum, ffn_norm_->weight(), ffn_norm_->eps());
+  return {h.sum, ffn_->forward_inference(h.normed, step)};
+}
+
+ops::AddRmsnormResult normalize_stream(const Block::Stream& x, const RMSNorm& norm) {
+  if (!x.pending) return {x.sum, norm.forward(x.sum)};
+  return ops::add_rmsnorm(x.pending, x.sum, norm.weight(), norm.eps());
 }
 
 }  // namespace braid

@@ -3,6 +3,7 @@
 #include "autograd/recompute.h"
 #include "layers/ffn.h"
 #include "layers/ops/cross_entropy.h"
+#include "layers/ops/embedding.h"
 #include "layers/ops/layout.h"
 
 namespace braid {
@@ -40,9 +41,10 @@ autograd::Var HybridLM::hidden_cached(const autograd::Var& ids, std::vector<Laye
               shape_str(ids->value.shape()));
   BRAID_CHECK(caches.size() == blocks_.size(), "hidden_cached: ", caches.size(), " caches for ",
               blocks_.size(), " blocks");
-  autograd::Var x = ops::cast(embed_->forward(ids), activation_dtype_);
+  // The lookup writes the activation dtype itself: no cast kernel after it.
+  Block::Stream x{ops::embedding(embed_->weight(), ids, activation_dtype_), nullptr};
   for (size_t i = 0; i < blocks_.size(); ++i) x = blocks_[i]->forward_cached(x, caches[i], step);
-  return final_norm_->forward(x);
+  return normalize_stream(x, *final_norm_).normed;
 }
 
 autograd::Var HybridLM::logits(const autograd::Var& ids) const { return embed_->logits(hidden(ids)); }

@@ -34,9 +34,13 @@ Mamba2::Mamba2(int64_t d_model, const MambaShape& shape, bool standalone, bool s
   }
 }
 
-Mamba2::Projected Mamba2::split_projection(const autograd::Var& zxbcdt, const autograd::Var& shared_x) const {
+void Mamba2::check_shared_x(const autograd::Var& shared_x) const {
   BRAID_CHECK((shared_x != nullptr) == shared_x_, "mamba branch built ",
               shared_x_ ? "with" : "without", " a shared x input, called ", shared_x ? "with" : "without", " one");
+}
+
+Mamba2::Projected Mamba2::split_projection(const autograd::Var& zxbcdt, const autograd::Var& shared_x) const {
+  check_shared_x(shared_x);
   const int64_t di = shape_.d_ssm, gn = shape_.n_groups * shape_.d_state, heads = shape_.n_heads();
   // With a shared x the projection holds only B and C between z and dt.
   const std::vector<autograd::Var> parts = ops::split(zxbcdt, -1, {di, shared_x_ ? 2 * gn : di + 2 * gn, heads});
@@ -77,21 +81,26 @@ Mamba2::Outputs Mamba2::branch_cached(const autograd::Var& x, LayerCache& cache,
   const int64_t batch = x->value.size(0), time = x->value.size(1);
   const int64_t di = shape_.d_ssm, gn = shape_.n_groups * shape_.d_state, heads = shape_.n_heads();
   const int64_t groups = shape_.n_groups, n = shape_.d_state, p = shape_.head_dim;
-  Projected in = split_projection(project(*in_proj_, x, &step), shared_x);
+  const autograd::Var zxbcdt = project(*in_proj_, x, &step);
   ops::SsdOptions options;
   options.chunk = shape_.chunk;
   if (step.decoding()) {
-    const int64_t channels = in.xbc->value.size(-1);
-    Tensor conv = ops::conv_state_update(cache.conv, in.xbc->value.reshape({batch, channels}), conv_weight_->value,
-                                         conv_bias_->value);
-    Tensor y = ops::ssm_state_update(cache.ssm, conv.narrow(1, 0, di).contiguous().reshape({batch, heads, p}),
-                                     in.dt->value.reshape({batch, heads}), dt_bias_->value, A_log_->value,
-                                     conv.narrow(1, di, gn).contiguous().reshape({batch, groups, n}),
-                                     conv.narrow(1, di + gn, gn).contiguous().reshape({batch, groups, n}),
-                                     D_->value, options);
-    return {autograd::leaf(y.reshape({batch, 1, di})), in.z};
+    check_shared_x(shared_x);
+    // One token per sequence: z, x | B | C and dt stay views of the projection (batch, 1, width), which
+    // the ops read in place or copy themselves (no split into fresh tensors first).
+    const Tensor& projection = zxbcdt->value;
+    const int64_t xbc_width = shared_x_ ? 2 * gn : di + 2 * gn;  // the part of x | B | C in_proj makes
+    const Tensor xbc_part = projection.narrow(2, di, xbc_width);
+    const Tensor xbc = shared_x_ ? ops::concat({shared_x, autograd::leaf(xbc_part)}, -1)->value : xbc_part;
+    Tensor conv = ops::conv_state_update(cache.conv, xbc.select(1, 0), conv_weight_->value, conv_bias_->value);
+    Tensor y = ops::ssm_state_update(cache.ssm, conv.narrow(1, 0, di),
+                                     projection.narrow(2, di + xbc_width, heads).select(1, 0), dt_bias_->value,
+                                     A_log_->value, conv.narrow(1, di, gn), conv.narrow(1, di + gn, gn), D_->value,
+                                     options);
+    return {autograd::leaf(y.reshape({batch, 1, di})), autograd::leaf(projection.narrow(2, 0, di))};
   }
   // Prefill of one sequence: continue from its states unless it starts afresh, then keep the final ones.
+  Projected in = split_projection(zxbcdt, shared_x);
   Tensor conv_row = cache.conv.narrow(0, step.row, 1), ssm_row = cache.ssm.narrow(0, step.row, 1);
   const bool fresh = step.start == 0;
   ops::Conv1dOutput conv = ops::conv1d(in.xbc, conv_weight_, conv_bias_, fresh ? nullptr : autograd::leaf(conv_row));

@@ -50,6 +50,7 @@ class Mamba2 : public Mixer {
     autograd::Var z, xbc, dt;  // the gate, the conv input (x | B | C), the raw dt
   };
   Projected split_projection(const autograd::Var& zxbcdt, const autograd::Var& shared_x) const;
+  void check_shared_x(const autograd::Var& shared_x) const;  // given exactly when built with shared_x
 
   autograd::Var conv_weight_, conv_bias_, dt_bias_, A_log_, D_, norm_weight_;
   Linear* out_proj_ = nullptr;

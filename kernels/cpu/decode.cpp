@@ -81,14 +81,14 @@ void rope_at_positions(const T* x, T* out, const double* inverse_frequencies, co
 }
 
 template <typename T>
-void conv_state_update(T* state, const T* x, const T* weight, const T* bias, T* out, int64_t batch,
-                       int64_t channels, int64_t width, bool apply_silu) {
+void conv_state_update(T* state, const T* x, int64_t x_row_stride, const T* weight, const T* bias, T* out,
+                       int64_t batch, int64_t channels, int64_t width, bool apply_silu) {
   const int64_t kept = width - 1;
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t c = 0; c < channels; ++c) {
       T* st = state + (b * channels + c) * kept;
       const T* w = weight + c * width;
-      const T xt = x[b * channels + c];
+      const T xt = x[b * x_row_stride + c];
       T v = bias[c];
       for (int64_t k = 0; k < kept; ++k) v += w[k] * st[k];
       v += w[kept] * xt;
@@ -106,12 +106,13 @@ void ssm_state_update(T* state, const T* x, const T* dt_raw, const T* dt_bias, c
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < dims.batch; ++b)
     for (int64_t h = 0; h < H; ++h) {
-      const T delta = std::clamp(softplus(dt_raw[b * H + h] + dt_bias[h]), T(dims.dt_min), T(dims.dt_max));
+      const T delta = std::clamp(softplus(dt_raw[b * dims.dt_row_stride + h] + dt_bias[h]), T(dims.dt_min),
+                                 T(dims.dt_max));
       const T alpha = std::exp(delta * -std::exp(A_log[h]));
-      const T* Bg = B + (b * G + h / heads_per_group) * N;
-      const T* Cg = C + (b * G + h / heads_per_group) * N;
+      const T* Bg = B + b * dims.B_row_stride + h / heads_per_group * N;
+      const T* Cg = C + b * dims.C_row_stride + h / heads_per_group * N;
       for (int64_t p = 0; p < P; ++p) {
-        const T xp = x[(b * H + h) * P + p];
+        const T xp = x[b * dims.x_row_stride + h * P + p];
         T* s = state + ((b * H + h) * P + p) * N;
         T dot = 0;
         for (int64_t n = 0; n < N; ++n) {
@@ -130,8 +131,8 @@ void ssm_state_update(T* state, const T* x, const T* dt_raw, const T* dt_bias, c
                                   int64_t);                                                            \
   template void rope_at_positions<T>(const T*, T*, const double*, const int32_t*, int64_t, int64_t,    \
                                      int64_t, int64_t);                                                \
-  template void conv_state_update<T>(T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t,  \
-                                     bool);                                                            \
+  template void conv_state_update<T>(T*, const T*, int64_t, const T*, const T*, T*, int64_t, int64_t,  \
+                                     int64_t, bool);                                                   \
   template void ssm_state_update<T>(T*, const T*, const T*, const T*, const T*, const T*, const T*,    \
                                     const T*, T*, const SsmStepDims&);
 BRAID_DECODE_INSTANTIATE(float)

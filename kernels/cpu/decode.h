@@ -40,23 +40,28 @@ template <typename T>
 void rope_at_positions(const T* x, T* out, const double* inverse_frequencies, const int32_t* positions,
                        int64_t batch, int64_t time, int64_t heads, int64_t head_dim);
 
-// One token of the causal depthwise conv (KERNELS.md 6.2): x (B, C), weight (C, W), bias (C),
+// One token of the causal depthwise conv (KERNELS.md 6.2): x (B, C) rows x_row_stride elements apart
+// (e.g. columns of a wider projection), weight (C, W), bias (C), out (B, C) contiguous,
 // state (B, C, W-1) oldest first, updated in place (shifted left, x appended):
 //   out[b, c] = SiLU(bias[c] + sum_{k<W-1} weight[c, k] state[b, c, k] + weight[c, W-1] x[b, c]).
 template <typename T>
-void conv_state_update(T* state, const T* x, const T* weight, const T* bias, T* out, int64_t batch,
-                       int64_t channels, int64_t width, bool apply_silu);
+void conv_state_update(T* state, const T* x, int64_t x_row_stride, const T* weight, const T* bias, T* out,
+                       int64_t batch, int64_t channels, int64_t width, bool apply_silu);
 
 struct SsmStepDims {
   int64_t batch = 0, heads = 0, head_dim = 0, groups = 0, state = 0;  // B, H, P, G, N
   double dt_min = 0;  // delta is clamped to [dt_min, dt_max] as in the scan (kernels/cpu/ssd.h)
   double dt_max = std::numeric_limits<double>::infinity();
+  // Elements between consecutive sequences' rows of x, dt_raw, B and C (no default: the inputs are
+  // usually column slices of one wider projection, each row's columns contiguous).
+  int64_t x_row_stride = 0, dt_row_stride = 0, B_row_stride = 0, C_row_stride = 0;
 };
 
 // One token of the SSM recurrence (KERNELS.md 6.1), head h reading group h / (H/G):
 //   delta = clamp(softplus(dt_raw[b,h] + dt_bias[h])), alpha = exp(-delta exp(A_log[h])),
 //   S[b,h] <- alpha S[b,h] + delta x[b,h] ⊗ B[b,g],   y[b,h] = S[b,h] C[b,g] + D[h] x[b,h].
-// state (B, H, P, N) in place; x, y (B, H, P); dt_raw (B, H); B, C (B, G, N).
+// state (B, H, P, N) in place; y (B, H*P) contiguous; rows of x (H*P), dt_raw (H), B and C (G*N)
+// at their dims' row strides, so x[b, h, p] = x[b * x_row_stride + h * P + p].
 template <typename T>
 void ssm_state_update(T* state, const T* x, const T* dt_raw, const T* dt_bias, const T* A_log,
                       const T* B, const T* C, const T* D, T* y, const SsmStepDims& dims);

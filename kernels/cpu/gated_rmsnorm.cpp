@@ -20,20 +20,22 @@ constexpr int64_t kChannelBlock = 64;
 
 template <typename T>
 void gated_rmsnorm_forward(const T* y, const T* z, const T* weight, T* out, T* rstd, int64_t rows,
-                           int64_t groups, int64_t group_size, double eps) {
+                           int64_t groups, int64_t group_size, double eps, int64_t z_row_stride) {
   const int64_t channels = groups * group_size;
+  const int64_t z_stride = z_row_stride > 0 ? z_row_stride : channels;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < rows; ++row) {
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t first = row * channels + g * group_size;
+      const T* gate = z + row * z_stride + g * group_size;
       Acc squares = 0;
       for (int64_t k = 0; k < group_size; ++k) {
-        const Acc v = Acc(y[first + k]) * silu(Acc(z[first + k]));
+        const Acc v = Acc(y[first + k]) * silu(Acc(gate[k]));
         squares += v * v;
       }
       const Acc r = Acc(1) / std::sqrt(squares / Acc(group_size) + Acc(eps));
       for (int64_t k = 0; k < group_size; ++k) {
-        const Acc v = Acc(y[first + k]) * silu(Acc(z[first + k]));
+        const Acc v = Acc(y[first + k]) * silu(Acc(gate[k]));
         out[first + k] = T(v * r * Acc(weight[g * group_size + k]));
       }
       rstd[row * groups + g] = T(r);
@@ -85,9 +87,9 @@ void gated_rmsnorm_backward(const T* y, const T* z, const T* weight, const T* rs
 }
 
 template void gated_rmsnorm_forward<float>(const float*, const float*, const float*, float*, float*,
-                                           int64_t, int64_t, int64_t, double);
+                                           int64_t, int64_t, int64_t, double, int64_t);
 template void gated_rmsnorm_forward<double>(const double*, const double*, const double*, double*,
-                                            double*, int64_t, int64_t, int64_t, double);
+                                            double*, int64_t, int64_t, int64_t, double, int64_t);
 template void gated_rmsnorm_backward<float>(const float*, const float*, const float*, const float*,
                                             const float*, float*, float*, float*, int64_t, int64_t,
                                             int64_t);

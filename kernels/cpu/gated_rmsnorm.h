@@ -8,10 +8,11 @@
 
 namespace braid::kernels::cpu {
 
-// y, z, out: (rows, C); weight: (C); rstd: (rows, groups).
+// y, out: (rows, C); weight: (C); rstd: (rows, groups). z: (rows, C) with rows z_row_stride
+// elements apart (0: C, contiguous), so a slice of a wider projection is read in place.
 template <typename T>
 void gated_rmsnorm_forward(const T* y, const T* z, const T* weight, T* out, T* rstd, int64_t rows,
-                           int64_t groups, int64_t group_size, double eps);
+                           int64_t groups, int64_t group_size, double eps, int64_t z_row_stride = 0);
 
 // KERNELS.md 1.4, with v_hat = v * r and gw = d_out * weight, per row and group:
 //   c1 = mean(v_hat * gw);   dv = r * (gw - v_hat * c1)

@@ -5,9 +5,14 @@
 namespace braid::kernels::cpu {
 
 template <typename T>
-void swiglu_forward(const T* gate, const T* up, T* out, int64_t n) {
+void swiglu_forward(const T* gate, const T* up, T* out, int64_t n, int64_t columns, int64_t gate_row_stride) {
+  if (gate_row_stride == 0 || gate_row_stride == columns) {
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) out[i] = silu(gate[i]) * up[i];
+    for (int64_t i = 0; i < n; ++i) out[i] = silu(gate[i]) * up[i];
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) out[i] = silu(gate[i / columns * gate_row_stride + i % columns]) * up[i];
 }
 
 template <typename T>
@@ -19,8 +24,8 @@ void swiglu_backward(const T* gate, const T* up, const T* d_out, T* d_gate, T* d
   }
 }
 
-template void swiglu_forward<float>(const float*, const float*, float*, int64_t);
-template void swiglu_forward<double>(const double*, const double*, double*, int64_t);
+template void swiglu_forward<float>(const float*, const float*, float*, int64_t, int64_t, int64_t);
+template void swiglu_forward<double>(const double*, const double*, double*, int64_t, int64_t, int64_t);
 template void swiglu_backward<float>(const float*, const float*, const float*, float*, float*, int64_t);
 template void swiglu_backward<double>(const double*, const double*, const double*, double*, double*,
                                       int64_t);

@@ -6,8 +6,11 @@
 
 namespace braid::kernels::cpu {
 
+// gate may be rows of `columns` elements lying gate_row_stride apart (0: contiguous like up and
+// out), so a slice of a wider projection is read in place.
 template <typename T>
-void swiglu_forward(const T* gate, const T* up, T* out, int64_t n);
+void swiglu_forward(const T* gate, const T* up, T* out, int64_t n, int64_t columns = 0,
+                    int64_t gate_row_stride = 0);
 
 // d_gate = d_out * up * SiLU'(gate);  d_up = d_out * SiLU(gate).
 template <typename T>

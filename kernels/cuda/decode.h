@@ -2,10 +2,11 @@
 // tokens over a KV cache (B, Hk, S, D), KV cache writes, RoPE at per-sequence positions, and the
 // one-token conv-state (B, C, W-1) and fp32 SSM-state (B, H, P, N) updates. Activations are f32 or
 // bf16 (`dtype`), parameters and the SSM state fp32, lengths/positions/slots int32 on the device.
-// Parallel strategy: cache attention splits each (token, query head) row along the cache into
-// chunks of kCacheAttentionSplit slots, one CTA each (scores by warps, P·V by threads over D), and
-// merges the partials with their LSE (KERNELS.md 6.3); the SSM update gives each warp rows p of one
-// head's P x N state (lanes over N); conv, RoPE and cache writes use one thread per element.
+// Parallel strategy: cache attention is flash-decoding (KERNELS.md 6.3): one CTA per (split of a
+// row's visible slots, kv head, query row) serves every query head of the kv head's GQA group, so
+// each K/V byte is read once per row; K/V tiles stream through shared memory in 16-byte cp.async
+// copies, and the splits' partials are merged with their LSE. The SSM update gives each warp rows p
+// of one head's P x N state (lanes over N); conv, RoPE and cache writes use one thread per element.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -20,11 +21,10 @@ struct CacheAttentionDims {
   int64_t batch = 0, queries = 0, q_heads = 0, kv_heads = 0, qk_dim = 0, v_dim = 0, capacity = 0;
 };
 
-// Slots one CTA of cache attention scans; longer caches are split and the partials merged.
-constexpr int64_t kCacheAttentionSplit = 512;
-
-// Splits cache_attention uses for these dims (1 when the rows alone fill the card), and the fp32
-// workspace it needs: a partial output (Dv) and an LSE per (row, split); 0 when splits == 1.
+// Splits of each row's visible slots cache_attention uses for these dims: enough CTAs to fill the
+// card, while a full cache gives each split between 128 and 512 slots (1 when the rows alone fill
+// it). The fp32 workspace holds a partial output (Dv) and an LSE per (row, query head, split); it
+// is 0 when splits == 1. Both depend on the dims only, so an op can size the workspace up front.
 int64_t cache_attention_splits(const CacheAttentionDims& dims);
 size_t cache_attention_workspace_floats(const CacheAttentionDims& dims);
 
@@ -47,9 +47,10 @@ void rope_at_positions(const void* x, void* out, const double* inverse_frequenci
                        const int32_t* positions, int64_t batch, int64_t time, int64_t heads,
                        int64_t head_dim, DType dtype, cudaStream_t stream);
 
-// state (B, C, W-1) of `dtype`, updated in place; x, out (B, C); weight (C, W), bias (C) fp32.
-void conv_state_update(void* state, const void* x, const float* weight, const float* bias, void* out,
-                       int64_t batch, int64_t channels, int64_t width, bool apply_silu, DType dtype,
+// state (B, C, W-1) of `dtype`, updated in place; x (B, C) rows x_row_stride elements apart; out (B, C)
+// contiguous; weight (C, W), bias (C) fp32.
+void conv_state_update(void* state, const void* x, int64_t x_row_stride, const float* weight, const float* bias,
+                       void* out, int64_t batch, int64_t channels, int64_t width, bool apply_silu, DType dtype,
                        cudaStream_t stream);
 
 // The step's indices from the tokens each sequence holds, advanced in place (so a decode loop keeps
@@ -63,10 +64,11 @@ void decode_step_indices(int32_t* indices, int64_t batch, int64_t window, int64_
 struct SsmStepDims {
   int64_t batch = 0, heads = 0, head_dim = 0, groups = 0, state = 0;
   float dt_min = 0, dt_max = 0;  // the delta clamp; pass +inf for none
+  int64_t x_row_stride = 0, dt_row_stride = 0, B_row_stride = 0, C_row_stride = 0;  // as the CPU twin's
 };
 
-// state (B, H, P, N) fp32 in place; x, y (B, H, P), dt_raw (B, H), B, C (B, G, N) of `dtype`;
-// dt_bias, A_log, D (H) fp32.
+// state (B, H, P, N) fp32 in place; y (B, H*P) contiguous; rows of x (H*P), dt_raw (H), B and C
+// (G*N) of `dtype` at the dims' row strides; dt_bias, A_log, D (H) fp32.
 void ssm_state_update(float* state, const void* x, const void* dt_raw, const float* dt_bias,
                       const float* A_log, const void* B, const void* C, const float* D, void* y,
                       const SsmStepDims& dims, DType dtype, cudaStream_t stream);

@@ -16,15 +16,15 @@ namespace {
 constexpr int kMaxThreads = 256;
 
 // Block (threads), grid (n, column slabs): row i of out gets columns j .. j+VEC-1 of table[ids[i]].
-template <typename Out, int VEC>
+template <typename Out, typename Id, int VEC>
 __global__ void __launch_bounds__(kMaxThreads)
-    gather_kernel(const float* __restrict__ table, const int64_t* __restrict__ ids,
+    gather_kernel(const float* __restrict__ table, const Id* __restrict__ ids,
                   Out* __restrict__ out, int64_t dim) {
   const int64_t i = blockIdx.x;
   const int64_t j = (int64_t(blockIdx.y) * blockDim.x + threadIdx.x) * VEC;
   if (j >= dim) return;
   float row[VEC];
-  load_floats<float, VEC>(table + ids[i] * dim + j, row);
+  load_floats<float, VEC>(table + int64_t(ids[i]) * dim + j, row);
   store_floats<Out, VEC>(out + i * dim + j, row);
 }
 
@@ -135,23 +135,34 @@ void check_sizes(int64_t n, int64_t vocab, int64_t dim) {
               ") is too large for the CUDA kernel");
 }
 
-}  // namespace
-
-void embedding_forward(const float* table, const int64_t* ids, void* out, int64_t n, int64_t dim,
-                       DType out_dtype, cudaStream_t stream) {
+template <typename Id>
+void gather(const float* table, const Id* ids, void* out, int64_t n, int64_t dim, DType out_dtype,
+            cudaStream_t stream) {
   check_sizes(n, 0, dim);
   if (n == 0 || dim == 0) return;
   dispatch_activation("embedding", out_dtype, [&]<typename Out>() {
     auto launch = [&]<int VEC>() {
       const RowLaunch shape = row_launch(dim, VEC);
-      gather_kernel<Out, VEC><<<dim3(unsigned(n), unsigned(shape.slabs)), shape.threads, 0,
-                                stream>>>(table, ids, static_cast<Out*>(out), dim);
+      gather_kernel<Out, Id, VEC><<<dim3(unsigned(n), unsigned(shape.slabs)), shape.threads, 0,
+                                    stream>>>(table, ids, static_cast<Out*>(out), dim);
       CUDA_CHECK_LAST_LAUNCH();
     };
     if (dim % 4 == 0 && aligned(table, 16) && aligned(out, 4 * sizeof(Out)))
       launch.template operator()<4>();
     else launch.template operator()<1>();
   });
+}
+
+}  // namespace
+
+void embedding_forward(const float* table, const int64_t* ids, void* out, int64_t n, int64_t dim,
+                       DType out_dtype, cudaStream_t stream) {
+  gather(table, ids, out, n, dim, out_dtype, stream);
+}
+
+void embedding_forward(const float* table, const int32_t* ids, void* out, int64_t n, int64_t dim,
+                       DType out_dtype, cudaStream_t stream) {
+  gather(table, ids, out, n, dim, out_dtype, stream);
 }
 
 size_t embedding_backward_workspace_floats(int64_t n, int64_t vocab) {

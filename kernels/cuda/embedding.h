@@ -17,8 +17,10 @@
 
 namespace braid::kernels::cuda {
 
-// table (V, dim) f32; ids (n) i64; out (n, dim) of `out_dtype` (f32, or bf16 for activations).
+// table (V, dim) f32; ids (n) i64 or i32; out (n, dim) of `out_dtype` (f32, or bf16 for activations).
 void embedding_forward(const float* table, const int64_t* ids, void* out, int64_t n, int64_t dim,
+                       DType out_dtype, cudaStream_t stream);
+void embedding_forward(const float* table, const int32_t* ids, void* out, int64_t n, int64_t dim,
                        DType out_dtype, cudaStream_t stream);
 
 // Floats of scratch embedding_backward needs for n ids and a vocabulary of `vocab` rows.

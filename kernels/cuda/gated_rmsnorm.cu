@@ -8,9 +8,9 @@ namespace braid::kernels::cuda {
 
 void gated_rmsnorm_forward(const void* y, const void* z, const float* weight, void* out,
                            float* rstd, int64_t rows, int64_t groups, int64_t group_size,
-                           float eps, DType dtype, cudaStream_t stream) {
+                           float eps, DType dtype, cudaStream_t stream, int64_t z_row_stride) {
   segment_norm_forward(SegmentNorm::gated_rms, y, z, weight, nullptr, nullptr, out, nullptr, rstd,
-                       rows, groups, group_size, eps, dtype, stream);
+                       rows, groups, group_size, eps, dtype, stream, z_row_stride);
 }
 
 size_t gated_rmsnorm_workspace_floats(int64_t rows, int64_t groups, int64_t group_size,

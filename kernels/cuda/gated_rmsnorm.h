@@ -15,9 +15,10 @@
 
 namespace braid::kernels::cuda {
 
+// z's rows may lie z_row_stride elements apart (0: contiguous), as in the CPU twin.
 void gated_rmsnorm_forward(const void* y, const void* z, const float* weight, void* out,
                            float* rstd, int64_t rows, int64_t groups, int64_t group_size,
-                           float eps, DType dtype, cudaStream_t stream);
+                           float eps, DType dtype, cudaStream_t stream, int64_t z_row_stride = 0);
 
 // Scratch floats gated_rmsnorm_backward needs (per-team partial sums of d_weight).
 size_t gated_rmsnorm_workspace_floats(int64_t rows, int64_t groups, int64_t group_size,

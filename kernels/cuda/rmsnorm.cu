@@ -96,6 +96,7 @@ struct ForwardArgs {
   float* rstd;          // (segments)
   int64_t segments, groups, size;
   float eps;
+  int64_t b_row_stride;  // elements from one row of b to the next (groups * size when contiguous)
 };
 
 struct BackwardArgs {
@@ -129,6 +130,7 @@ __global__ void __launch_bounds__(kMaxTeamThreads) segment_norm_forward_kernel(c
   for (int64_t s = team.id; s < args.segments; s += team.count) {
     const int64_t first = s * size;
     const int64_t channel0 = (s % args.groups) * size;
+    const int64_t b_first = (s / args.groups) * args.b_row_stride + channel0;
     float v[kVecs][V];  // this thread's values to normalize
 
     // Load v for vector j of the segment: x, round(x + residual) (stored to sum on the first
@@ -138,14 +140,14 @@ __global__ void __launch_bounds__(kMaxTeamThreads) segment_norm_forward_kernel(c
       load_floats<T, V>(a + at, vals);
       if constexpr (kKind == SegmentNorm::add_rms) {
         float other[V];
-        load_floats<T, V>(b + at, other);
+        load_floats<T, V>(b + b_first + j * V, other);
 #pragma unroll
         for (int e = 0; e < V; ++e) vals[e] = to_float(from_float<T>(vals[e] + other[e]));
         if (store_sum) store_floats<T, V>(sum + at, vals);
       } else if constexpr (kKind == SegmentNorm::gated_rms) {
         (void)store_sum;
         float gate[V];
-        load_floats<T, V>(b + at, gate);
+        load_floats<T, V>(b + b_first + j * V, gate);
 #pragma unroll
         for (int e = 0; e < V; ++e) vals[e] = vals[e] * (gate[e] * sigmoid_of(gate[e]));
       } else {
@@ -573,15 +575,21 @@ void check_sizes(const char* op, int64_t rows, int64_t groups, int64_t size) {
 void segment_norm_forward(SegmentNorm kind, const void* a, const void* b, const float* weight,
                           const float* bias, void* sum, void* out, float* mean, float* rstd,
                           int64_t rows, int64_t groups, int64_t group_size, float eps, DType dtype,
-                          cudaStream_t stream) {
+                          cudaStream_t stream, int64_t b_row_stride) {
   check_sizes("segment_norm_forward", rows, groups, group_size);
+  BRAID_CHECK(b_row_stride >= 0, "segment_norm_forward: negative row stride ", b_row_stride);
   const int64_t segments = rows * groups;
   if (segments == 0) return;
-  const Plan plan =
-      make_plan(group_size, choose_vec(dtype, group_size, aligned_16({a, b, weight, bias, sum, out})));
+  if (b_row_stride == 0) b_row_stride = groups * group_size;
+  // Every row of b must start aligned too: the second row's start stands for all of them.
+  const void* b_second_row =
+      b == nullptr ? nullptr : static_cast<const char*>(b) + b_row_stride * int64_t(dtype_size(dtype));
+  const Plan plan = make_plan(
+      group_size, choose_vec(dtype, group_size, aligned_16({a, b, b_second_row, weight, bias, sum, out})));
   const ForwardKernel kernel = pick_forward(kind, dtype, plan);
   const int64_t blocks = std::min<int64_t>(ceil_div(segments, plan.teams_per_block), INT_MAX);
-  const ForwardArgs args{a, b, weight, bias, sum, out, mean, rstd, segments, groups, group_size, eps};
+  const ForwardArgs args{a, b, weight, bias, sum, out, mean, rstd,
+                         segments, groups, group_size, eps, b_row_stride};
   kernel<<<unsigned(blocks), plan.threads, 0, stream>>>(args);
   CUDA_CHECK_LAST_LAUNCH();
 }

@@ -44,13 +44,14 @@ void rmsnorm_backward(const void* x, const float* weight, const float* rstd, con
 //   add_rms:   v = round(a + b), stored to sum;   out = v * r * w
 //   gated_rms: v = a * SiLU(b);                  out = v * r * w
 //   group:     v = a, mu = mean(v);              out = (v - mu) * r * w + bias,  mean saved
-// with r = (mean((v - mu)²) + eps)^(-1/2) (mu = 0 except for group).
+// with r = (mean((v - mu)²) + eps)^(-1/2) (mu = 0 except for group). The rows of b may lie
+// b_row_stride elements apart (0: contiguous like a), e.g. a gate sliced from a wider projection.
 enum class SegmentNorm { rms, add_rms, gated_rms, group };
 
 void segment_norm_forward(SegmentNorm kind, const void* a, const void* b, const float* weight,
                           const float* bias, void* sum, void* out, float* mean, float* rstd,
                           int64_t rows, int64_t groups, int64_t group_size, float eps, DType dtype,
-                          cudaStream_t stream);
+                          cudaStream_t stream, int64_t b_row_stride = 0);
 
 // Scratch floats segment_norm_backward needs for these sizes (any pointer alignment).
 size_t segment_norm_workspace_floats(SegmentNorm kind, int64_t rows, int64_t groups,

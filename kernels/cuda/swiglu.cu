@@ -16,22 +16,34 @@ constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 // The same formulas as kernels/cpu/activations.h, in fp32.
 __device__ __forceinline__ float sigmoid_of(float u) { return 1.0f / (1.0f + expf(-u)); }
 
-// out = SiLU(gate) * up on the elements [first, first + V) (a whole vector, or one tail element
-// with V = 1).
-template <typename T, int V>
-__device__ __forceinline__ void swiglu_forward_at(const T* gate, const T* up, T* out, int64_t first) {
-  float g[V], u[V], h[V];
-  load_floats<T, V>(gate + first, g);
-  load_floats<T, V>(up + first, u);
-#pragma unroll
-  for (int e = 0; e < V; ++e) h[e] = g[e] * sigmoid_of(g[e]) * u[e];
-  store_floats<T, V>(out + first, h);
+// Where the gate's element i lies: at i, or (kRows) in rows of `columns` elements lying `stride`
+// apart, as a slice of a wider projection does.
+struct GateLayout {
+  int64_t columns, stride;
+};
+
+template <bool kRows>
+__device__ __forceinline__ int64_t gate_index(int64_t i, const GateLayout& layout) {
+  if constexpr (kRows) return i / layout.columns * layout.stride + i % layout.columns;
+  else return i;
 }
 
-// Vector j of n / V, kUnroll vectors per thread per step (all loads issued before any math).
-template <typename T, int V, int kUnroll>
+// out = SiLU(gate) * up on V elements (a whole vector, or one tail element with V = 1).
+template <typename T, int V>
+__device__ __forceinline__ void swiglu_forward_at(const T* gate, const T* up, T* out) {
+  float g[V], u[V], h[V];
+  load_floats<T, V>(gate, g);
+  load_floats<T, V>(up, u);
+#pragma unroll
+  for (int e = 0; e < V; ++e) h[e] = g[e] * sigmoid_of(g[e]) * u[e];
+  store_floats<T, V>(out, h);
+}
+
+// Vector j of n / V, kUnroll vectors per thread per step (all loads issued before any math). With
+// kRows a vector never straddles two gate rows (V divides `columns`).
+template <typename T, int V, int kUnroll, bool kRows>
 __global__ void __launch_bounds__(kThreads) swiglu_forward_kernel(const T* gate, const T* up, T* out,
-                                                                  int64_t n) {
+                                                                  int64_t n, GateLayout layout) {
   const int64_t vectors = n / V;
   const int64_t step = int64_t(gridDim.x) * kThreads * kUnroll;
   for (int64_t base = int64_t(blockIdx.x) * kThreads * kUnroll + threadIdx.x; base < vectors;
@@ -41,7 +53,7 @@ __global__ void __launch_bounds__(kThreads) swiglu_forward_kernel(const T* gate,
     for (int i = 0; i < kUnroll; ++i) {
       const int64_t j = base + int64_t(i) * kThreads;
       if (j < vectors) {
-        load_floats<T, V>(gate + j * V, g[i]);
+        load_floats<T, V>(gate + gate_index<kRows>(j * V, layout), g[i]);
         load_floats<T, V>(up + j * V, u[i]);
       }
     }
@@ -58,7 +70,8 @@ __global__ void __launch_bounds__(kThreads) swiglu_forward_kernel(const T* gate,
   }
   // Tail: the n % V elements after the last whole vector (fewer than V <= kThreads).
   const int64_t tail = vectors * V + threadIdx.x;
-  if (blockIdx.x == 0 && tail < n) swiglu_forward_at<T, 1>(gate, up, out, tail);
+  if (blockIdx.x == 0 && tail < n)
+    swiglu_forward_at<T, 1>(gate + gate_index<kRows>(tail, layout), up + tail, out + tail);
 }
 
 template <typename T, int V>
@@ -127,19 +140,28 @@ unsigned grid_for(int64_t n, int vec, int unroll) {
 }  // namespace
 
 void swiglu_forward(const void* gate, const void* up, void* out, int64_t n, DType dtype,
-                    cudaStream_t stream) {
+                    cudaStream_t stream, int64_t columns, int64_t gate_row_stride) {
   if (n <= 0) return;
-  const bool vector = aligned_16({gate, up, out});
+  const bool rows = gate_row_stride != 0 && gate_row_stride != columns;
+  BRAID_CHECK(!rows || (columns > 0 && n % columns == 0), "swiglu_forward: ", n,
+              " elements are not rows of ", columns);
+  const GateLayout layout{columns, gate_row_stride};
   dispatch_activation("swiglu_forward", dtype, [&]<typename T>() {
     // 2 bf16 or 4 f32 vectors per tensor per thread: 32 or 64 bytes in flight, in ~50 registers.
     constexpr int kVec = int(16 / sizeof(T)), kUnroll = sizeof(T) == 2 ? 2 : 4;
+    const bool vector =
+        aligned_16({gate, up, out}) && (!rows || (columns % kVec == 0 && gate_row_stride % kVec == 0));
     const T* g = static_cast<const T*>(gate);
     const T* u = static_cast<const T*>(up);
     T* o = static_cast<T*>(out);
-    if (vector)
-      swiglu_forward_kernel<T, kVec, kUnroll><<<grid_for(n, kVec, kUnroll), kThreads, 0, stream>>>(g, u, o, n);
-    else
-      swiglu_forward_kernel<T, 1, kUnroll><<<grid_for(n, 1, kUnroll), kThreads, 0, stream>>>(g, u, o, n);
+    auto launch = [&]<int V, bool kRows>() {
+      swiglu_forward_kernel<T, V, kUnroll, kRows>
+          <<<grid_for(n, V, kUnroll), kThreads, 0, stream>>>(g, u, o, n, layout);
+    };
+    if (vector && rows) launch.template operator()<kVec, true>();
+    else if (vector) launch.template operator()<kVec, false>();
+    else if (rows) launch.template operator()<1, true>();
+    else launch.template operator()<1, false>();
     CUDA_CHECK_LAST_LAUNCH();
   });
 }

@@ -12,8 +12,10 @@
 
 namespace braid::kernels::cuda {
 
+// gate may be rows of `columns` elements lying gate_row_stride apart (0: contiguous), as in the
+// CPU twin.
 void swiglu_forward(const void* gate, const void* up, void* out, int64_t n, DType dtype,
-                    cudaStream_t stream);
+                    cudaStream_t stream, int64_t columns = 0, int64_t gate_row_stride = 0);
 
 // d_gate = d_out * up * SiLU'(gate);  d_up = d_out * SiLU(gate). d_out, d_gate, d_up f32.
 void swiglu_backward(const void* gate, const void* up, const float* d_out, float* d_gate,

@@ -6,6 +6,7 @@
 #include "kernels/cpu/decode.h"
 #include "layers/ops/checks.h"
 #include "layers/ops/dispatch.h"
+#include "layers/ops/layout.h"
 
 #ifdef BRAID_CUDA
 #include "kernels/cuda/decode.h"
@@ -29,6 +30,11 @@ void check_index(const char* op, const char* what, const Tensor& index, const Sh
 void check_contiguous(const char* op, const char* what, const Tensor& tensor) {
   BRAID_CHECK(tensor.is_contiguous(), op, ": ", what, " ", tensor.describe(), " must be contiguous (it is updated in place)");
 }
+
+// x itself when it is rows at a stride (layout.h's row_stride), e.g. columns of the in_proj output;
+// otherwise a contiguous copy. The state updates read element by element, so unlike rows_in_place
+// they need no 16-byte alignment.
+Tensor strided_rows(const Tensor& x) { return row_stride(x) >= 0 ? x : x.contiguous(); }
 
 }  // namespace
 
@@ -153,19 +159,21 @@ Tensor conv_state_update(const Tensor& state, const Tensor& x_in, const Tensor& 
   check_shape(op, "state", state, {batch, channels, width - 1});
   check_same_type(op, "x", x_in, "state", state);
   check_contiguous(op, "state", state);
-  const Tensor x = x_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  const Tensor x = strided_rows(x_in), weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  const int64_t x_row_stride = row_stride(x);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.numel() == 0) return out;
 #ifdef BRAID_CUDA
   if (x.device().is_cuda()) {
     cuda_set_device(x.device().index);
-    kernels::cuda::conv_state_update(state.raw_data(), x.raw_data(), weight.data<float>(), bias.data<float>(),
-                                     out.raw_data(), batch, channels, width, silu, x.dtype(), compute_stream());
+    kernels::cuda::conv_state_update(state.raw_data(), x.raw_data(), x_row_stride, weight.data<float>(),
+                                     bias.data<float>(), out.raw_data(), batch, channels, width, silu, x.dtype(),
+                                     compute_stream());
     return out;
   }
 #endif
   dispatch_cpu_float(op, x.dtype(), [&]<typename T>() {
-    kernels::cpu::conv_state_update<T>(state.data<T>(), x.data<T>(), weight.data<T>(), bias.data<T>(),
+    kernels::cpu::conv_state_update<T>(state.data<T>(), x.data<T>(), x_row_stride, weight.data<T>(), bias.data<T>(),
                                        out.data<T>(), batch, channels, width, silu);
   });
   return out;
@@ -203,13 +211,16 @@ Tensor ssm_state_update(const Tensor& state, const Tensor& x_in, const Tensor& d
                         const Tensor& A_log, const Tensor& B_in, const Tensor& C_in, const Tensor& D,
                         const SsdOptions& options) {
   const char* op = "ssm_state_update";
-  check_dim(op, "x (B, H, P)", x_in, 3);
-  check_dim(op, "B (B, G, N)", B_in, 3);
+  check_dim(op, "state (B, H, P, N)", state, 4);
+  check_dim(op, "x (B, H*P)", x_in, 2);
+  check_dim(op, "B (B, G*N)", B_in, 2);
   check_backend(op, "x", x_in);
-  const int64_t batch = x_in.size(0), heads = x_in.size(1), head_dim = x_in.size(2);
-  const int64_t groups = B_in.size(1), n = B_in.size(2);
-  BRAID_CHECK(B_in.size(0) == batch && groups > 0 && heads % groups == 0, op, ": x has shape ",
-              shape_str(x_in.shape()), " but B has shape ", shape_str(B_in.shape()));
+  const int64_t batch = state.size(0), heads = state.size(1), head_dim = state.size(2), n = state.size(3);
+  check_shape(op, "x", x_in, {batch, heads * head_dim});
+  BRAID_CHECK(B_in.size(0) == batch && n > 0 && B_in.size(1) % n == 0 && B_in.size(1) > 0 &&
+                  heads % (B_in.size(1) / n) == 0,
+              op, ": state has shape ", shape_str(state.shape()), " but B has shape ", shape_str(B_in.shape()));
+  const int64_t groups = B_in.size(1) / n;
   check_shape(op, "C", C_in, B_in.shape());
   check_shape(op, "dt_raw", dt_in, {batch, heads});
   for (const Tensor* t : {&B_in, &C_in, &dt_in}) check_same_type(op, "x", x_in, "B, C and dt_raw", *t);
@@ -219,16 +230,16 @@ Tensor ssm_state_update(const Tensor& state, const Tensor& x_in, const Tensor& d
   check_param(op, "dt_bias", dt_bias, x_in);
   check_param(op, "A_log", A_log, x_in);
   check_param(op, "D", D, x_in);
-  check_shape(op, "state", state, {batch, heads, head_dim, n});
   check_param(op, "state", state, x_in);
   check_contiguous(op, "state", state);
-  const Tensor x = x_in.contiguous(), dt = dt_in.contiguous(), B = B_in.contiguous(), C = C_in.contiguous();
+  const Tensor x = strided_rows(x_in), dt = strided_rows(dt_in), B = strided_rows(B_in), C = strided_rows(C_in);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (y.numel() == 0) return y;
 #ifdef BRAID_CUDA
   if (x.device().is_cuda()) {
     cuda_set_device(x.device().index);
-    kernels::cuda::SsmStepDims dims{batch, heads, head_dim, groups, n, float(options.dt_min), float(options.dt_max)};
+    kernels::cuda::SsmStepDims dims{batch, heads, head_dim, groups, n, float(options.dt_min), float(options.dt_max),
+                                    row_stride(x), row_stride(dt), row_stride(B), row_stride(C)};
     kernels::cuda::ssm_state_update(state.data<float>(), x.raw_data(), dt.raw_data(), dt_bias.contiguous().data<float>(),
                                     A_log.contiguous().data<float>(), B.raw_data(), C.raw_data(),
                                     D.contiguous().data<float>(), y.raw_data(), dims, x.dtype(), compute_stream());
@@ -236,7 +247,8 @@ Tensor ssm_state_update(const Tensor& state, const Tensor& x_in, const Tensor& d
   }
 #endif
   dispatch_cpu_float(op, x.dtype(), [&]<typename T>() {
-    kernels::cpu::SsmStepDims dims{batch, heads, head_dim, groups, n, options.dt_min, options.dt_max};
+    kernels::cpu::SsmStepDims dims{batch, heads, head_dim, groups, n, options.dt_min, options.dt_max,
+                                   row_stride(x), row_stride(dt), row_stride(B), row_stride(C)};
     kernels::cpu::ssm_state_update<T>(state.data<T>(), x.data<T>(), dt.data<T>(), dt_bias.contiguous().data<T>(),
                                       A_log.contiguous().data<T>(), B.data<T>(), C.data<T>(),
                                       D.contiguous().data<T>(), y.data<T>(), dims);

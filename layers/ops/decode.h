@@ -24,7 +24,8 @@ void kv_cache_write(const Tensor& cache, const Tensor& values, const Tensor& slo
 // RoPE of x (B, Tq, H, D) with token t of sequence b at position positions[b] + t.
 Tensor rope_at_positions(const Tensor& x, const Tensor& positions, const RopeConfig& config);
 
-// One conv token: state (B, C, W-1) updated in place, x (B, C) -> SiLU(conv) (B, C).
+// One conv token: state (B, C, W-1) updated in place, x (B, C) -> SiLU(conv) (B, C). x may be a view
+// of rows at a stride (e.g. columns of a wider projection), read in place.
 Tensor conv_state_update(const Tensor& state, const Tensor& x, const Tensor& weight, const Tensor& bias,
                          bool silu = true);
 
@@ -34,8 +35,10 @@ Tensor conv_state_update(const Tensor& state, const Tensor& x, const Tensor& wei
 // grows by one. window == 0: no window (slot = position).
 void decode_step_indices(const Tensor& indices, int64_t window, int64_t sink, int64_t window_capacity);
 
-// One SSM token: state (B, H, P, N) (fp32; x's dtype on the CPU) updated in place, x (B, H, P),
-// dt_raw (B, H), B and C (B, G, N), dt_bias, A_log, D (H) -> y (B, H, P), D skip included.
+// One SSM token: state (B, H, P, N) (fp32; x's dtype on the CPU) updated in place, x (B, H*P),
+// dt_raw (B, H), B and C (B, G*N), dt_bias, A_log, D (H) -> y (B, H*P), D skip included. H, P and N
+// come from the state. x, dt_raw, B and C may be views of rows at a stride (e.g. column slices of
+// one projection), read in place.
 Tensor ssm_state_update(const Tensor& state, const Tensor& x, const Tensor& dt_raw,
                         const Tensor& dt_bias, const Tensor& A_log, const Tensor& B, const Tensor& C,
                         const Tensor& D, const SsdOptions& options);

@@ -69,6 +69,10 @@ class EmbeddingNode : public autograd::Node {
 }  // namespace
 
 autograd::Var embedding(const autograd::Var& table, const autograd::Var& ids) {
+  return embedding(table, ids, table->value.dtype());
+}
+
+autograd::Var embedding(const autograd::Var& table, const autograd::Var& ids, DType out_dtype) {
   const Tensor& table_value = table->value;
   check_dim("embedding", "table", table_value, 2);
   check_floating("embedding", "table", table_value);
@@ -82,12 +86,21 @@ autograd::Var embedding(const autograd::Var& table, const autograd::Var& ids) {
               " must be on the same device");
   const bool on_cuda = table_value.device().is_cuda();
   // The table is a parameter: fp32 master weights on CUDA (DESIGN.md "Precision").
-  if (on_cuda) check_dtype("embedding", "table on CUDA", table_value, DType::f32);
+  if (on_cuda) {
+    check_dtype("embedding", "table on CUDA", table_value, DType::f32);
+    BRAID_CHECK(out_dtype == DType::f32 || out_dtype == DType::bf16, "embedding: rows on CUDA are f32 or bf16, not ",
+                dtype_name(out_dtype));
+  }
   const int64_t vocab = table_value.size(0), dim = table_value.size(1);
 #ifdef BRAID_CUDA
   if (on_cuda) cuda_set_device(table_value.device().index);
 #endif
-  Tensor ids_i64 = ids->value.to(DType::i64).contiguous();
+  // The CUDA lookup reads i32 ids as they are when no backward needs them (a decode step's ids):
+  // no conversion kernel.
+  const bool taped = autograd::any_requires_grad({table, ids});
+  const bool ids_as_given = on_cuda && !taped && ids->value.dtype() == DType::i32;
+  // The ids the lookup reads: i64, or the given i32 ids.
+  Tensor lookup_ids = ids_as_given ? ids->value.contiguous() : ids->value.to(DType::i64).contiguous();
   // The range check reads the ids on the host (for ids on CUDA, one copy per call). Not while a
   // CUDA graph records (a host read would break the capture): the inference session that captures
   // its decode step checks every token it is given on the host, and sampled ids are in range.
@@ -96,7 +109,7 @@ autograd::Var embedding(const autograd::Var& table, const autograd::Var& ids) {
   if (on_cuda) check_range = !compute_stream_capturing();
 #endif
   if (check_range) {
-    Tensor ids_host = ids_i64.to(Device::cpu());
+    Tensor ids_host = lookup_ids.to(Device::cpu()).to(DType::i64);
     const int64_t* id = ids_host.data<int64_t>();
     for (int64_t i = 0; i < ids_host.numel(); ++i)
       BRAID_CHECK(id[i] >= 0 && id[i] < vocab, "embedding: token id ", id[i], " at position ",
@@ -106,24 +119,30 @@ autograd::Var embedding(const autograd::Var& table, const autograd::Var& ids) {
   }
 
   Tensor table_contiguous = table_value.contiguous();
-  Shape out_shape = ids_i64.shape();
+  Shape out_shape = lookup_ids.shape();
   out_shape.push_back(dim);
-  Tensor out = Tensor::empty(out_shape, table_value.dtype(), table_value.device());
+  Tensor out = Tensor::empty(out_shape, on_cuda ? out_dtype : table_value.dtype(), table_value.device());
   if (on_cuda) {
     // (Reached only in CUDA builds: check_backend refuses CUDA tensors elsewhere.)
 #ifdef BRAID_CUDA
-    kernels::cuda::embedding_forward(table_contiguous.data<float>(), ids_i64.data<int64_t>(),
-                                     out.raw_data(), ids_i64.numel(), dim, out.dtype(),
-                                     compute_stream());
+    if (ids_as_given)
+      kernels::cuda::embedding_forward(table_contiguous.data<float>(), lookup_ids.data<int32_t>(),
+                                       out.raw_data(), lookup_ids.numel(), dim, out.dtype(),
+                                       compute_stream());
+    else
+      kernels::cuda::embedding_forward(table_contiguous.data<float>(), lookup_ids.data<int64_t>(),
+                                       out.raw_data(), lookup_ids.numel(), dim, out.dtype(),
+                                       compute_stream());
 #endif
   } else {
     dispatch_cpu_float("embedding", table_value.dtype(), [&]<typename T>() {
-      kernels::cpu::embedding_forward<T>(table_contiguous.data<T>(), ids_i64.data<int64_t>(), out.data<T>(),
-                                         ids_i64.numel(), dim);
+      kernels::cpu::embedding_forward<T>(table_contiguous.data<T>(), lookup_ids.data<int64_t>(), out.data<T>(),
+                                         lookup_ids.numel(), dim);
     });
+    out = out.to(out_dtype);
   }
   return autograd::record(
-      std::make_shared<EmbeddingNode>(ids_i64, table_value.shape(), table_value.dtype()),
+      std::make_shared<EmbeddingNode>(lookup_ids, table_value.shape(), table_value.dtype()),
       {table, ids}, out);
 }
 

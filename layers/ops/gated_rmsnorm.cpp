@@ -6,6 +6,7 @@
 #include "kernels/cpu/gated_rmsnorm.h"
 #include "layers/ops/checks.h"
 #include "layers/ops/dispatch.h"
+#include "layers/ops/layout.h"
 
 #ifdef BRAID_CUDA
 #include "kernels/cuda/gated_rmsnorm.h"
@@ -85,8 +86,12 @@ autograd::Var gated_rmsnorm(const autograd::Var& y, const autograd::Var& z,
   check_param(op, "weight", weight->value, y->value);
   BRAID_CHECK(eps >= 0 && std::isfinite(eps), op, ": eps must be finite and >= 0, got ", eps);
 
-  Tensor yc = y->value.contiguous(), zc = z->value.contiguous(), w = weight->value.contiguous();
-  const int64_t rows = yc.numel() / channels;
+  // Without a tape z may stay rows of a wider tensor (at decode, its slice of in_proj's output),
+  // read in place; the backward reads z contiguous.
+  const bool taped = autograd::any_requires_grad({y, z, weight});
+  Tensor yc = y->value.contiguous(), w = weight->value.contiguous();
+  Tensor zc = taped ? z->value.contiguous() : rows_in_place(z->value);
+  const int64_t rows = yc.numel() / channels, z_row_stride = row_stride(zc);
 #ifdef BRAID_CUDA
   if (yc.device().is_cuda()) {
     const Device device = yc.device();
@@ -96,7 +101,7 @@ autograd::Var gated_rmsnorm(const autograd::Var& y, const autograd::Var& z,
     kernels::cuda::gated_rmsnorm_forward(yc.raw_data(), zc.raw_data(), w.data<float>(),
                                          out.raw_data(), rstd.data<float>(), rows, groups,
                                          channels / groups, float(eps), yc.dtype(),
-                                         compute_stream());
+                                         compute_stream(), z_row_stride);
     return autograd::record(std::make_shared<GatedRmsnormNode>(yc, zc, w, rstd, groups),
                             {y, z, weight}, out);
   }
@@ -105,7 +110,8 @@ autograd::Var gated_rmsnorm(const autograd::Var& y, const autograd::Var& z,
   Tensor rstd = Tensor::empty({rows, groups}, yc.dtype());
   dispatch_cpu_float(op, yc.dtype(), [&]<typename T>() {
     kernels::cpu::gated_rmsnorm_forward<T>(yc.data<T>(), zc.data<T>(), w.data<T>(), out.data<T>(),
-                                           rstd.data<T>(), rows, groups, channels / groups, eps);
+                                           rstd.data<T>(), rows, groups, channels / groups, eps,
+                                           z_row_stride);
   });
   return autograd::record(std::make_shared<GatedRmsnormNode>(yc, zc, w, rstd, groups),
                           {y, z, weight}, out);

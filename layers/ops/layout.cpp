@@ -168,4 +168,27 @@ autograd::Var cast(const autograd::Var& x, DType dtype) {
   return autograd::record(std::make_shared<CastNode>(x->value.dtype()), {x}, x->value.to(dtype));
 }
 
+int64_t row_stride(const Tensor& x) {
+  if (x.dim() == 0) return -1;
+  const int64_t last = x.dim() - 1;
+  if (x.size(last) != 1 && x.strides()[size_t(last)] != 1) return -1;
+  int64_t stride = -1, next = 0;  // the row stride, and the stride the next outer dimension must have
+  for (int64_t d = last - 1; d >= 0; --d) {
+    const int64_t size = x.size(d), step = x.strides()[size_t(d)];
+    if (size == 1) continue;  // never stepped over
+    if (stride >= 0 && step != next) return -1;
+    if (stride < 0) stride = step;
+    next = step * size;
+  }
+  return stride >= 0 ? stride : x.size(last);  // a single row
+}
+
+Tensor rows_in_place(const Tensor& x) {
+  if (x.is_contiguous()) return x;
+  const int64_t stride = row_stride(x);
+  const int64_t bytes = int64_t(dtype_size(x.dtype()));
+  const bool aligned = reinterpret_cast<uintptr_t>(x.raw_data()) % 16 == 0 && stride * bytes % 16 == 0;
+  return stride >= 0 && aligned ? x : x.contiguous();
+}
+
 }  // namespace braid::ops

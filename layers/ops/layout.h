@@ -1,6 +1,7 @@
 // Layout ops with gradients: reshape, narrow (a slice along one dimension), split, concat and cast (a
 // change of floating dtype, e.g. fp32 embeddings into bf16 activations). They move data with the
-// runtime's copies, so they work on every device.
+// runtime's copies, so they work on every device. Also the row views that let a kernel read a slice of
+// a wider tensor in place instead of a contiguous copy of it.
 #pragma once
 
 #include <cstdint>
@@ -22,5 +23,14 @@ autograd::Var concat(const std::vector<autograd::Var>& parts, int64_t dim);
 // x in another floating dtype (x itself when it already has it); the gradient flows back in x's
 // gradient dtype.
 autograd::Var cast(const autograd::Var& x, DType dtype);
+
+// The distance in elements between consecutive rows of x seen as a matrix (rows, x.size(-1)): set
+// when the last dimension is unit-stride and the leading ones step as one run of rows (a contiguous
+// tensor, or a narrow() of its last dimension); -1 otherwise.
+int64_t row_stride(const Tensor& x);
+// x itself when a kernel taking a row stride can read it in place: contiguous, or rows (row_stride
+// >= 0) that all start 16-byte aligned, as a fresh tensor's do (so a vectorized kernel takes the path
+// it would take on a copy); otherwise a contiguous copy.
+Tensor rows_in_place(const Tensor& x);
 
 }  // namespace braid::ops

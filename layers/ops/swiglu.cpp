@@ -4,6 +4,7 @@
 #include "kernels/cpu/swiglu.h"
 #include "layers/ops/checks.h"
 #include "layers/ops/dispatch.h"
+#include "layers/ops/layout.h"
 
 #ifdef BRAID_CUDA
 #include "kernels/cuda/swiglu.h"
@@ -55,19 +56,23 @@ autograd::Var swiglu(const autograd::Var& gate, const autograd::Var& up) {
   check_same_shape("swiglu", "gate", gate->value, "up", up->value);
   check_same_type("swiglu", "gate", gate->value, "up", up->value);
   check_backend("swiglu", "gate", gate->value);
-  Tensor g = gate->value.contiguous(), u = up->value.contiguous();
+  // Without a tape the gate may stay rows of a wider tensor (the intra-hybrid decode step's z, a
+  // slice of in_proj's output), read in place; the backward reads both contiguous.
+  const bool taped = autograd::any_requires_grad({gate, up});
+  Tensor g = taped ? gate->value.contiguous() : rows_in_place(gate->value), u = up->value.contiguous();
+  const int64_t columns = g.dim() > 0 ? g.size(-1) : 1, gate_row_stride = g.is_contiguous() ? 0 : row_stride(g);
 #ifdef BRAID_CUDA
   if (g.device().is_cuda()) {
     cuda_set_device(g.device().index);
     Tensor out = Tensor::empty(g.shape(), g.dtype(), g.device());
     kernels::cuda::swiglu_forward(g.raw_data(), u.raw_data(), out.raw_data(), g.numel(), g.dtype(),
-                                  compute_stream());
+                                  compute_stream(), columns, gate_row_stride);
     return autograd::record(std::make_shared<SwigluNode>(g, u), {gate, up}, out);
   }
 #endif
   Tensor out = Tensor::empty(g.shape(), g.dtype());
   dispatch_cpu_float("swiglu", g.dtype(), [&]<typename T>() {
-    kernels::cpu::swiglu_forward<T>(g.data<T>(), u.data<T>(), out.data<T>(), g.numel());
+    kernels::cpu::swiglu_forward<T>(g.data<T>(), u.data<T>(), out.data<T>(), g.numel(), columns, gate_row_stride);
   });
   return autograd::record(std::make_shared<SwigluNode>(g, u), {gate, up}, out);
 }

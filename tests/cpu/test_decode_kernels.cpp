@@ -1,7 +1,8 @@
 // The CPU decode kernels (kernels/cpu/decode.h, through layers/ops/decode.h) against naive loops in
 // double written here: cache attention (GQA, window + sink, several queries, ragged lengths), KV
 // cache writes, RoPE at per-sequence positions (against the training RoPE at that offset), and the
-// one-token conv and SSM state updates.
+// one-token conv and SSM state updates, which also read strided row views (column slices of a wider
+// projection) bit for bit as their contiguous copies.
 #include <cmath>
 
 #include "layers/ops/decode.h"
@@ -109,9 +110,9 @@ TEST(DecodeKernels, ConvStateUpdateMatchesNaiveConv) {
 
 TEST(DecodeKernels, SsmStateUpdateMatchesRecurrence) {
   const int64_t batch = 2, heads = 4, p = 3, groups = 2, n = 5;
-  Tensor state = random_normal({batch, heads, p, n}, 11, DType::f32), x = random_normal({batch, heads, p}, 12, DType::f32);
-  Tensor dt = random_normal({batch, heads}, 13, DType::f32), B = random_normal({batch, groups, n}, 14, DType::f32);
-  Tensor C = random_normal({batch, groups, n}, 15, DType::f32), dt_bias = random_normal({heads}, 16, DType::f32);
+  Tensor state = random_normal({batch, heads, p, n}, 11, DType::f32), x = random_normal({batch, heads * p}, 12, DType::f32);
+  Tensor dt = random_normal({batch, heads}, 13, DType::f32), B = random_normal({batch, groups * n}, 14, DType::f32);
+  Tensor C = random_normal({batch, groups * n}, 15, DType::f32), dt_bias = random_normal({heads}, 16, DType::f32);
   Tensor A_log = random_normal({heads}, 17, DType::f32), D = random_normal({heads}, 18, DType::f32);
   ops::SsdOptions options;
   options.dt_min = 0.05;
@@ -139,6 +140,67 @@ TEST(DecodeKernels, SsmStateUpdateMatchesRecurrence) {
   Tensor y = ops::ssm_state_update(state, x, dt, dt_bias, A_log, B, C, D, options);
   EXPECT_TRUE(all_close(y, want_y, 1e-5, 1e-5));
   EXPECT_TRUE(all_close(state, want_state, 1e-5, 1e-6));
+  EXPECT_NE(testing::error_of([&] {
+              ops::ssm_state_update(state, x, dt, dt_bias, A_log, random_normal({batch, 7}, 19, DType::f32),
+                                    random_normal({batch, 7}, 20, DType::f32), D, options);
+            }).find("but B has shape"),
+            std::string::npos);
+}
+
+// Rows every `every` columns of a fresh (rows, columns, every) tensor: not rows at a stride (the
+// columns are not unit-stride), so the ops fall back to a contiguous copy.
+Tensor spaced_columns(int64_t rows, int64_t columns, int64_t every, uint64_t seed, DType dtype) {
+  return random_normal({rows, columns, every}, seed, dtype).select(2, 0);
+}
+
+TEST(DecodeKernels, ConvStateUpdateReadsStridedRowsAsContiguous) {
+  const int64_t batch = 3, channels = 7, width = 4;
+  for (DType dtype : {DType::f32, DType::f64}) {
+    // Columns 5..11 of 19-wide rows (an odd offset and stride, as an unaligned in_proj slice), and
+    // every other column of a wider tensor.
+    for (const Tensor& x : {random_normal({batch, 19}, 21, dtype).narrow(1, 5, channels),
+                            spaced_columns(batch, channels, 2, 22, dtype)}) {
+      SCOPED_TRACE(x.describe());
+      ASSERT_FALSE(x.is_contiguous());
+      Tensor weight = random_normal({channels, width}, 23, dtype), bias = random_normal({channels}, 24, dtype);
+      Tensor state = random_normal({batch, channels, width - 1}, 25, dtype), want_state = state.clone();
+      Tensor want = ops::conv_state_update(want_state, x.contiguous(), weight, bias);
+      Tensor got = ops::conv_state_update(state, x, weight, bias);
+      EXPECT_EQ(got.to_doubles(), want.to_doubles());
+      EXPECT_EQ(state.to_doubles(), want_state.to_doubles());
+    }
+  }
+}
+
+TEST(DecodeKernels, SsmStateUpdateReadsStridedRowsAsContiguous) {
+  const int64_t batch = 3, heads = 4, p = 3, groups = 2, n = 5;
+  const int64_t xs = heads * p, gn = groups * n;
+  ops::SsdOptions options;
+  options.dt_min = 0.01;
+  for (DType dtype : {DType::f32, DType::f64}) {
+    // x | B | C | dt as column slices of one projection row (x at an odd offset), and each input from
+    // a tensor of its own with another stride (dt not even rows at a stride).
+    Tensor projection = random_normal({batch, 1 + xs + 2 * gn + heads + 2}, 31, dtype);
+    struct Inputs {
+      Tensor x, dt, B, C;
+    };
+    const Inputs shared{projection.narrow(1, 1, xs), projection.narrow(1, 1 + xs + 2 * gn, heads),
+                        projection.narrow(1, 1 + xs, gn), projection.narrow(1, 1 + xs + gn, gn)};
+    const Inputs separate{random_normal({batch, xs + 3}, 32, dtype).narrow(1, 2, xs),
+                          spaced_columns(batch, heads, 3, 33, dtype),
+                          random_normal({batch, 2, gn}, 34, dtype).select(1, 1),
+                          random_normal({batch, gn + 1}, 35, dtype).narrow(1, 0, gn)};
+    for (const Inputs& in : {shared, separate}) {
+      Tensor dt_bias = random_normal({heads}, 36, dtype), A_log = random_normal({heads}, 37, dtype);
+      Tensor D = random_normal({heads}, 38, dtype);
+      Tensor state = random_normal({batch, heads, p, n}, 39, dtype), want_state = state.clone();
+      Tensor want = ops::ssm_state_update(want_state, in.x.contiguous(), in.dt.contiguous(), dt_bias, A_log,
+                                          in.B.contiguous(), in.C.contiguous(), D, options);
+      Tensor got = ops::ssm_state_update(state, in.x, in.dt, dt_bias, A_log, in.B, in.C, D, options);
+      EXPECT_EQ(got.to_doubles(), want.to_doubles()) << dtype_name(dtype);
+      EXPECT_EQ(state.to_doubles(), want_state.to_doubles()) << dtype_name(dtype);
+    }
+  }
 }
 
 }  // namespace

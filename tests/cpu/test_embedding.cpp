@@ -50,6 +50,15 @@ TEST(Embedding, ForwardMatchesNaiveGather) {
   }
 }
 
+TEST(Embedding, RowsInAnotherDtypeAreTheTableRows) {
+  Tensor table = random_normal({13, 6}, 505, DType::f32);
+  Tensor ids = random_ids({2, 4}, 13, 506, DType::i32);
+  Var out = ops::embedding(leaf(table), leaf(ids), DType::f64);
+  EXPECT_EQ(out->value.dtype(), DType::f64);
+  EXPECT_EQ(out->value.shape(), (Shape{2, 4, 6}));
+  EXPECT_TRUE(all_close(out->value, naive_embedding(table, ids), 0, 0));  // f32 -> f64 is exact
+}
+
 TEST(Embedding, Gradcheck) {
   // Few rows and more ids than rows, so ids repeat and their gradients must add up.
   for (const auto& [ids_shape, vocab, dim] : {std::tuple{Shape{9}, int64_t(4), int64_t(3)},

@@ -1,5 +1,5 @@
-// Gated RMSNorm (gate before the norm): forward against a naive double loop, gradients through
-// gradcheck.
+// Gated RMSNorm (gate before the norm): forward against a naive double loop (also with the gate a
+// slice of wider rows, as at decode), gradients through gradcheck.
 #include <cmath>
 
 #include "autograd/gradcheck.h"
@@ -54,6 +54,24 @@ TEST(GatedRmsnorm, ForwardMatchesNaiveLoop) {
                             tol, tol))
           << shape_str(c.shape) << " groups " << c.groups << " " << dtype_name(dtype);
     }
+  }
+}
+
+// At decode z is a slice of in_proj's rows; without a tape the kernel reads it in place (aligned
+// rows, width 28) or from a copy (width 27): either way the naive loop's values, and bit for bit the
+// result of a contiguous gate.
+TEST(GatedRmsnorm, GateSlicedFromWiderRowsMatchesNaiveLoop) {
+  autograd::NoGradScope no_grad;
+  for (int64_t width : {28, 27}) {
+    Tensor rows = random_normal({5, 1, width}, 111, DType::f32, 2.0);
+    Tensor z = rows.narrow(2, 4, 12), y = random_normal({5, 1, 12}, 112, DType::f32, 1.5);
+    Tensor weight = random_normal({12}, 113, DType::f32);
+    Var out = ops::gated_rmsnorm(leaf(y), leaf(z), leaf(weight), 3);
+    EXPECT_TRUE(all_close(out->value, naive_gated_rmsnorm(y.to_doubles(), z.to_doubles(), weight.to_doubles(), 3, 1e-5),
+                          1e-5, 1e-5))
+        << "width " << width;
+    Var reference = ops::gated_rmsnorm(leaf(y), leaf(z.contiguous()), leaf(weight), 3);
+    EXPECT_EQ(out->value.to_doubles(), reference->value.to_doubles()) << "width " << width;
   }
 }
 

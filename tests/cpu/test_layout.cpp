@@ -1,4 +1,5 @@
-// reshape, narrow, split and concat: values by index arithmetic, gradients through gradcheck.
+// reshape, narrow, split and concat: values by index arithmetic, gradients through gradcheck; row
+// views (row_stride, rows_in_place) by the strides and addresses they must have.
 #include "autograd/gradcheck.h"
 #include "layers/ops/layout.h"
 #include "tests/test_util.h"
@@ -69,6 +70,34 @@ TEST(Layout, Gradcheck) {
   };
   result = autograd::gradcheck(split_parts, {testing::random_normal({5, 3}, 47)});
   EXPECT_TRUE(result.ok) << result.report;
+}
+
+TEST(Layout, RowStrideOfContiguousAndNarrowedRows) {
+  Tensor x = testing::random_normal({3, 1, 10}, 48);
+  EXPECT_EQ(ops::row_stride(x), 10);
+  EXPECT_EQ(ops::row_stride(x.narrow(2, 4, 3)), 10);  // a slice of each row: rows stay 10 apart
+  EXPECT_EQ(ops::row_stride(x.narrow(0, 1, 1).narrow(2, 4, 3)), 3);  // one row: its own width
+  Tensor y = testing::random_normal({4, 5, 6}, 49);
+  EXPECT_EQ(ops::row_stride(y.narrow(2, 1, 2)), 6);  // rows (4 x 5) still one run of stride 6
+  EXPECT_EQ(ops::row_stride(y.narrow(1, 0, 3)), -1);  // rows 0..2 of each block of 5: two strides
+  EXPECT_EQ(ops::row_stride(y.select(2, 3)), -1);     // last dimension not unit-stride
+}
+
+TEST(Layout, RowsInPlaceKeepsAlignedRowsAndCopiesTheRest) {
+  Tensor x = testing::random_normal({4, 1, 12}, 50, DType::f32);  // rows of 48 bytes
+  Tensor aligned = x.narrow(2, 4, 5);                             // starts 16 bytes in
+  Tensor kept = ops::rows_in_place(aligned);
+  EXPECT_EQ(kept.raw_data(), aligned.raw_data());
+  EXPECT_EQ(kept.strides(), aligned.strides());
+  for (Tensor view : {x.narrow(2, 1, 5), testing::random_normal({4, 10}, 51, DType::f32).narrow(1, 0, 3)}) {
+    // Misaligned start (4 bytes in), or rows 40 bytes apart: a contiguous copy of the same values.
+    Tensor copied = ops::rows_in_place(view);
+    EXPECT_TRUE(copied.is_contiguous());
+    EXPECT_NE(copied.raw_data(), view.raw_data());
+    EXPECT_EQ(copied.to_doubles(), view.to_doubles());
+  }
+  Tensor contiguous = testing::random_normal({3, 7}, 52, DType::f32);
+  EXPECT_EQ(ops::rows_in_place(contiguous).raw_data(), contiguous.raw_data());
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
-// SwiGLU gate: forward against a naive double loop, gradients through gradcheck.
+// SwiGLU gate: forward against a naive double loop (also with the gate a slice of wider rows, as at
+// decode), gradients through gradcheck.
 #include <cmath>
 
 #include "autograd/gradcheck.h"
@@ -25,6 +26,19 @@ TEST(Swiglu, ForwardMatchesNaiveLoop) {
     Tensor gate = random_normal(shape, 11, DType::f32, 2.0), up = random_normal(shape, 12, DType::f32);
     Var out = ops::swiglu(leaf(gate), leaf(up));
     EXPECT_TRUE(all_close(out->value, naive_swiglu(gate.to_doubles(), up.to_doubles()), 1e-6, 1e-6));
+  }
+}
+
+// Without a tape a gate sliced from wider rows is read in place (rows 40 floats apart, 16-byte
+// aligned) or copied first (39 apart): the naive loop's values either way.
+TEST(Swiglu, GateSlicedFromWiderRowsMatchesNaiveLoop) {
+  autograd::NoGradScope no_grad;
+  for (int64_t width : {40, 39}) {
+    Tensor rows = random_normal({4, 1, width}, 13, DType::f32, 2.0);
+    Tensor gate = rows.narrow(2, 8, 20), up = random_normal({4, 1, 20}, 14, DType::f32);
+    Var out = ops::swiglu(leaf(gate), leaf(up));
+    EXPECT_TRUE(all_close(out->value, naive_swiglu(gate.to_doubles(), up.to_doubles()), 1e-6, 1e-6))
+        << "width " << width;
   }
 }
 

@@ -1,7 +1,8 @@
 // ops::embedding on a CUDA device against the CPU backend: the gathered rows and the table's
 // gradient (sorted, segmented, atomics-free) for every id dtype, repeated ids, ids 0 and V-1, long
 // runs of one id, odd and 16-byte-multiple widths; the gradient equal to the CPU's bit for bit and
-// the same on every run; the bf16 output of the kernel; and the out-of-range message.
+// the same on every run; the bf16 output of the kernel, and of the op when the inference step asks
+// for it (with i32 ids read as given); and the out-of-range message.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -118,6 +119,27 @@ TEST_F(CudaEmbedding, KernelWritesBf16Rows) {
     for (double v : id)
       for (int64_t j = 0; j < width; ++j) want.push_back(rows[size_t(int64_t(v) * width + j)]);
     EXPECT_TRUE(out.to_doubles() == want);
+  }
+}
+
+// The inference step's lookup: i32 ids as given (no tape), rows written in the activation dtype.
+// bf16 rows are the table rounded to bf16, bit for bit what a cast after an f32 lookup gives.
+TEST_F(CudaEmbedding, InferenceLookupWritesActivationRowsFromI32Ids) {
+  autograd::NoGradScope no_grad;
+  const int64_t vocab = 41, dim = 2048;
+  const Tensor table = testing::random_normal({vocab, dim}, 310, DType::f32);
+  const Tensor ids = make_ids({4, 1}, vocab, 311, DType::i32);
+  const Var table_gpu = leaf(table.to(Device::cuda(0))), ids_gpu = leaf(ids.to(Device::cuda(0)));
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    Var rows = ops::embedding(table_gpu, ids_gpu, dtype);
+    EXPECT_EQ(rows->value.dtype(), dtype);
+    EXPECT_EQ(rows->value.shape(), (Shape{4, 1, dim}));
+    const std::vector<double> table_rows = table.to(dtype).to_doubles(), id = ids.to_doubles();
+    std::vector<double> want;
+    for (double v : id)
+      for (int64_t j = 0; j < dim; ++j) want.push_back(table_rows[size_t(int64_t(v) * dim + j)]);
+    EXPECT_TRUE(rows->value.to_doubles() == want);
   }
 }
 

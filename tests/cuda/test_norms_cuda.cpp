@@ -3,7 +3,8 @@
 // group_norm and gated_rmsnorm. The shapes reach every path of the segment-norm engine
 // (kernels/cuda/rmsnorm.cu): warp teams (segments of <= 512 elements), block teams, chunked
 // segments (> 8192 elements), 16-byte vector and scalar accesses (odd widths, misaligned views),
-// and group counts that do not divide the persistent grid.
+// and group counts that do not divide the persistent grid. gated_rmsnorm also reads a gate sliced
+// from wider rows (the decode step's view of in_proj's output) in place.
 #include <cstring>
 #include <functional>
 #include <string>
@@ -244,6 +245,42 @@ TEST_F(CudaNorms, GatedRmsnormMatchesTheCpu) {
            parameter(norm_weight(c.shape.back(), seed + 2))},
           dtype, rtol_for(dtype), seed + 3);
       seed += 10;
+    }
+  }
+}
+
+// Without a tape z may be a slice of wider rows. Row widths: 8480 (the 1B in_proj, z at column 0,
+// one group of 4096: vector block teams), 4880 (the 1B intra-hybrid Mamba branch, z of 2304 in 16
+// groups of 144), 300 with z at column 20 (8 groups of 32, vector warps), 301 (rows not 16-byte
+// aligned: the op copies z first). The result is the CPU's, and bit for bit the GPU's from a
+// contiguous z (the same kernel path).
+TEST_F(CudaNorms, GatedRmsnormReadsAGateSlicedFromWiderRows) {
+  struct SliceCase {
+    int64_t rows, width, start, channels, groups;
+  };
+  const std::vector<SliceCase> cases = {
+      {4, 8480, 0, 4096, 1}, {4, 4880, 0, 2304, 16}, {6, 300, 20, 256, 8}, {6, 301, 20, 256, 8}};
+  autograd::NoGradScope no_grad;
+  uint64_t seed = 7000;
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (const SliceCase& c : cases) {
+      SCOPED_TRACE(std::string(dtype_name(dtype)) + " width " + std::to_string(c.width));
+      const Tensor projection = normal({c.rows, 1, c.width}, seed, 2.0).to(dtype).to(DType::f32);
+      const Tensor y = normal({c.rows, 1, c.channels}, seed + 1).to(dtype).to(DType::f32);
+      const Tensor weight = norm_weight(c.channels, seed + 2);
+      seed += 10;
+      const Tensor z = projection.narrow(2, c.start, c.channels);
+      Var want = ops::gated_rmsnorm(autograd::leaf(y), autograd::leaf(z.contiguous()), autograd::leaf(weight),
+                                    c.groups);
+
+      const Tensor projection_gpu = projection.to(dtype).to(Device::cuda(0));
+      const Var y_gpu = autograd::leaf(y.to(dtype).to(Device::cuda(0)));
+      const Var weight_gpu = autograd::leaf(weight.to(Device::cuda(0)));
+      const Tensor z_gpu = projection_gpu.narrow(2, c.start, c.channels);
+      Var got = ops::gated_rmsnorm(y_gpu, autograd::leaf(z_gpu), weight_gpu, c.groups);
+      Var from_copy = ops::gated_rmsnorm(y_gpu, autograd::leaf(z_gpu.contiguous()), weight_gpu, c.groups);
+      EXPECT_TRUE(testing::close_to_reference(got->value.to_doubles(), want->value.to_doubles(), rtol_for(dtype)));
+      EXPECT_TRUE(got->value.to_doubles() == from_copy->value.to_doubles()) << "differs from a contiguous gate";
     }
   }
 }

@@ -1,7 +1,7 @@
 // The pointwise gating ops on a CUDA device against the CPU backend, forward and every gradient,
 // in f32 and bf16: swiglu, sigmoid and mul_scalar (whose scalar is an f32 parameter). Sizes reach
 // the vector body, the n % width scalar tail, tensors smaller than one vector, and the unaligned
-// (scalar) path.
+// (scalar) path; and swiglu's gate read in place from wider rows.
 #include <string>
 #include <vector>
 
@@ -52,6 +52,35 @@ TEST_F(CudaPointwise, SwigluMatchesTheCpu) {
           {activation(normal(shape, seed, 3.0)), activation(normal(shape, seed + 1))}, dtype,
           rtol_for(dtype), seed + 2);
       seed += 10;
+    }
+  }
+}
+
+// Without a tape the gate may be a slice of wider rows (the intra-hybrid decode step's z): rows of
+// 4880 with z = the first 2304 (the 1B branch: vectors of rows), 300 with 256 from column 20 (f32
+// vectors; bf16 rows not 16-byte aligned: the op copies), 80 with 33 from column 8 (aligned rows
+// of an odd width: scalar rows). The CPU's values, and bit for bit those from a contiguous gate.
+TEST_F(CudaPointwise, SwigluReadsAGateSlicedFromWiderRows) {
+  struct SliceCase {
+    int64_t rows, width, start, columns;
+  };
+  const std::vector<SliceCase> cases = {{4, 4880, 0, 2304}, {6, 300, 20, 256}, {5, 80, 8, 33}};
+  autograd::NoGradScope no_grad;
+  uint64_t seed = 150;
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (const SliceCase& c : cases) {
+      SCOPED_TRACE(std::string(dtype_name(dtype)) + " width " + std::to_string(c.width));
+      const Tensor rows = normal({c.rows, 1, c.width}, seed, 3.0).to(dtype).to(DType::f32);
+      const Tensor up = normal({c.rows, 1, c.columns}, seed + 1).to(dtype).to(DType::f32);
+      seed += 10;
+      const Tensor gate = rows.narrow(2, c.start, c.columns);
+      Var want = ops::swiglu(autograd::leaf(gate.contiguous()), autograd::leaf(up));
+      const Tensor gate_gpu = rows.to(dtype).to(Device::cuda(0)).narrow(2, c.start, c.columns);
+      const Var up_gpu = autograd::leaf(up.to(dtype).to(Device::cuda(0)));
+      Var got = ops::swiglu(autograd::leaf(gate_gpu), up_gpu);
+      Var from_copy = ops::swiglu(autograd::leaf(gate_gpu.contiguous()), up_gpu);
+      EXPECT_TRUE(testing::close_to_reference(got->value.to_doubles(), want->value.to_doubles(), rtol_for(dtype)));
+      EXPECT_TRUE(got->value.to_doubles() == from_copy->value.to_doubles()) << "differs from a contiguous gate";
     }
   }
 }
