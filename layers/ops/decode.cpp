@@ -31,11 +31,6 @@ void check_contiguous(const char* op, const char* what, const Tensor& tensor) {
   BRAID_CHECK(tensor.is_contiguous(), op, ": ", what, " ", tensor.describe(), " must be contiguous (it is updated in place)");
 }
 
-// x itself when it is rows at a stride (layout.h's row_stride), e.g. columns of the in_proj output;
-// otherwise a contiguous copy. The state updates read element by element, so unlike rows_in_place
-// they need no 16-byte alignment.
-Tensor strided_rows(const Tensor& x) { return row_stride(x) >= 0 ? x : x.contiguous(); }
-
 }  // namespace
 
 Tensor cache_attention(const Tensor& q_in, const Tensor& k_cache, const Tensor& v_cache,
@@ -159,7 +154,8 @@ Tensor conv_state_update(const Tensor& state, const Tensor& x_in, const Tensor& 
   check_shape(op, "state", state, {batch, channels, width - 1});
   check_same_type(op, "x", x_in, "state", state);
   check_contiguous(op, "state", state);
-  const Tensor x = strided_rows(x_in), weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  // x may be columns of the in_proj output, read in place (element by element: any alignment).
+  const Tensor x = rows_in_place(x_in, 1), weight = weight_in.contiguous(), bias = bias_in.contiguous();
   const int64_t x_row_stride = row_stride(x);
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (x.numel() == 0) return out;
@@ -232,7 +228,9 @@ Tensor ssm_state_update(const Tensor& state, const Tensor& x_in, const Tensor& d
   check_param(op, "D", D, x_in);
   check_param(op, "state", state, x_in);
   check_contiguous(op, "state", state);
-  const Tensor x = strided_rows(x_in), dt = strided_rows(dt_in), B = strided_rows(B_in), C = strided_rows(C_in);
+  // x, B, C (columns of the conv output) and dt (of in_proj's) read in place, element by element.
+  const Tensor x = rows_in_place(x_in, 1), dt = rows_in_place(dt_in, 1), B = rows_in_place(B_in, 1),
+               C = rows_in_place(C_in, 1);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (y.numel() == 0) return y;
 #ifdef BRAID_CUDA

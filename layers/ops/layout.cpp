@@ -183,11 +183,12 @@ int64_t row_stride(const Tensor& x) {
   return stride >= 0 ? stride : x.size(last);  // a single row
 }
 
-Tensor rows_in_place(const Tensor& x) {
+Tensor rows_in_place(const Tensor& x, int64_t alignment) {
   if (x.is_contiguous()) return x;
   const int64_t stride = row_stride(x);
   const int64_t bytes = int64_t(dtype_size(x.dtype()));
-  const bool aligned = reinterpret_cast<uintptr_t>(x.raw_data()) % 16 == 0 && stride * bytes % 16 == 0;
+  const bool aligned = int64_t(reinterpret_cast<uintptr_t>(x.raw_data()) % uintptr_t(alignment)) == 0 &&
+                       stride * bytes % alignment == 0;
   return stride >= 0 && aligned ? x : x.contiguous();
 }
 

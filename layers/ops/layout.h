@@ -29,8 +29,9 @@ autograd::Var cast(const autograd::Var& x, DType dtype);
 // tensor, or a narrow() of its last dimension); -1 otherwise.
 int64_t row_stride(const Tensor& x);
 // x itself when a kernel taking a row stride can read it in place: contiguous, or rows (row_stride
-// >= 0) that all start 16-byte aligned, as a fresh tensor's do (so a vectorized kernel takes the path
-// it would take on a copy); otherwise a contiguous copy.
-Tensor rows_in_place(const Tensor& x);
+// >= 0) that all start `alignment`-byte aligned (16 for a vectorized kernel, as a fresh tensor's rows
+// are, so it takes the path it would take on a copy; 1 for one that reads element by element);
+// otherwise a contiguous copy.
+Tensor rows_in_place(const Tensor& x, int64_t alignment = 16);
 
 }  // namespace braid::ops

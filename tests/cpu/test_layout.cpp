@@ -95,7 +95,13 @@ TEST(Layout, RowsInPlaceKeepsAlignedRowsAndCopiesTheRest) {
     EXPECT_TRUE(copied.is_contiguous());
     EXPECT_NE(copied.raw_data(), view.raw_data());
     EXPECT_EQ(copied.to_doubles(), view.to_doubles());
+    // A kernel reading element by element (alignment 1) reads the same rows in place.
+    EXPECT_EQ(ops::rows_in_place(view, 1).raw_data(), view.raw_data());
   }
+  // A view whose rows do not step evenly (a slice of the middle dimension) is copied whatever the
+  // alignment.
+  Tensor uneven = testing::random_normal({4, 3, 6}, 53, DType::f32).narrow(1, 0, 2);
+  EXPECT_TRUE(ops::rows_in_place(uneven, 1).is_contiguous());
   Tensor contiguous = testing::random_normal({3, 7}, 52, DType::f32);
   EXPECT_EQ(ops::rows_in_place(contiguous).raw_data(), contiguous.raw_data());
 }
