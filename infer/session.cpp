@@ -16,9 +16,10 @@
 // - CUDA graph: the first decode step is recorded once (runtime/cuda_stream.h's CapturedGraph, its
 //   tensors in a private allocator pool) reading fixed ids and index buffers and the caches at
 //   their fixed addresses; every step then copies its ids in, replays, and copies the logits out.
-//   Replays compute exactly what the eager step computes (same kernels, same order). A model whose
-//   step cannot be captured (an op that reads device values on the host: MoE routing, known up
-//   front; anything else is found when the capture fails) runs eager steps.
+//   Replays compute exactly what the eager step computes (same kernels, same order). Every family
+//   is captured, MoE included (its decode step weights every expert by dense gates instead of
+//   routing through host-side offsets, layers/ffn.cpp); a step that still cannot be captured (an op
+//   that reads device values on the host) is found when the capture fails and runs eagerly.
 #include "infer/session.h"
 
 #include <algorithm>
@@ -49,8 +50,8 @@ struct Session::State {
   Tensor indices;
 #ifdef BRAID_CUDA
   // The captured decode step (SessionOptions::cuda_graph) reads its ids from graph_ids and leaves
-  // its logits in graph_logits (both fixed addresses). Models whose step cannot be captured (an op
-  // reads device values on the host) run eagerly: graph_failed.
+  // its logits in graph_logits (both fixed addresses). A step whose capture failed (an op read
+  // device values on the host) runs eagerly from then on: graph_failed.
   CapturedGraph graph;
   Tensor graph_ids, graph_logits;
   bool graph_failed = false;
@@ -95,12 +96,6 @@ Session::Session(const HybridLM& model, SessionOptions options)
   state_->window_capacity = std::min(options.max_length, state_->window + state_->sink);
   state_->lengths.assign(size_t(options.batch), 0);
   state_->indices = Tensor::zeros({5, options.batch}, DType::i32, device);
-#ifdef BRAID_CUDA
-  // MoE routing reads its expert offsets on the host, which a graph cannot record: such models
-  // decode eagerly from the start rather than through a capture that is bound to fail.
-  for (const Block* block : model.blocks())
-    if (block->moe()) state_->graph_failed = true;
-#endif
   // Matrices (Linear weights and the tied embedding / LM head) in the activation dtype, once. The
   // depthwise conv weight stays fp32: the conv kernels read fp32 parameters.
   for (const Parameter& parameter : model.named_parameters()) {
@@ -120,6 +115,14 @@ int64_t Session::length(int64_t sequence) const {
 }
 
 int64_t Session::cache_bytes() const { return state_->bytes; }
+
+bool Session::decode_graph_captured() const {
+#ifdef BRAID_CUDA
+  return state_->graph.captured();
+#else
+  return false;
+#endif
+}
 
 namespace {
 

@@ -61,6 +61,9 @@ class Session {
   // session's dtype, times batch).
   int64_t cache_bytes() const;
   const SessionOptions& options() const { return options_; }
+  // Whether decode steps replay a captured CUDA graph: false on the CPU, with cuda_graph off, before
+  // the first decode step, and when the step could not be captured (it then runs eagerly).
+  bool decode_graph_captured() const;
 
  private:
   struct State;

@@ -50,21 +50,39 @@ autograd::Var MoE::run(const autograd::Var& x, const InferenceStep* step) const 
   const Shape shape = x->value.shape();
   const int64_t d = shape.back();
   autograd::Var tokens = ops::reshape(x, {-1, d});
-  ops::RouteResult route = ops::moe_route(project(*router_, tokens, step), routing_bias_, config_.top_k);
-  if (autograd::grad_enabled()) {  // training forwards only (a recompute replay counts once)
-    const int64_t* routed = route.load.data<int64_t>();
-    int64_t* total = load_.data<int64_t>();
-    for (int64_t e = 0; e < config_.n_experts; ++e) total[e] += routed[e];
+  autograd::Var logits = project(*router_, tokens, step);
+  autograd::Var routed;
+  if (step && step->decoding()) {
+    // A decode step (one new token per sequence; the step the session records as a CUDA graph):
+    // every expert runs on all rows and is weighted by dense gates, zero off the router's selection,
+    // because the routed path below reads the expert offsets on the host, which a graph cannot
+    // record. Its cost: every expert's weights are read once per step (the routed path's worst
+    // case, reached once the batch's tokens select every expert; at batch 1 it reads only k of
+    // them), and E/k times the arithmetic, which stays hidden behind the weight reads while the
+    // batch is far below the GEMM's memory-bound limit (hundreds of rows). Prefill chunks and
+    // training take the routed path.
+    BRAID_CHECK(!autograd::grad_enabled(), "MoE: a decode step runs without gradients (NoGradScope)");
+    const Tensor gates = ops::moe_dense_gates(logits->value, routing_bias_, config_.top_k);
+    std::vector<autograd::Var> outputs;
+    for (const SwiGLU* ffn : experts_) outputs.push_back(expert(*ffn, tokens));
+    routed = autograd::leaf(ops::moe_dense_combine(ops::concat(outputs, 0)->value, gates));
+  } else {
+    ops::RouteResult route = ops::moe_route(logits, routing_bias_, config_.top_k);
+    if (autograd::grad_enabled()) {  // training forwards only (a recompute replay counts once)
+      const int64_t* loads = route.load.data<int64_t>();
+      int64_t* total = load_.data<int64_t>();
+      for (int64_t e = 0; e < config_.n_experts; ++e) total[e] += loads[e];
+    }
+    // Each expert runs on its contiguous slice of the expert-major token order.
+    autograd::Var gathered = ops::moe_gather(tokens, route);
+    const int64_t* offsets = route.offsets.data<int64_t>();
+    std::vector<autograd::Var> outputs;
+    for (int64_t e = 0; e < config_.n_experts; ++e) {
+      const int64_t count = offsets[e + 1] - offsets[e];
+      if (count > 0) outputs.push_back(expert(*experts_[size_t(e)], ops::narrow(gathered, 0, offsets[e], count)));
+    }
+    routed = ops::moe_combine(ops::concat(outputs, 0), route.weights, route);
   }
-  // Each expert runs on its contiguous slice of the expert-major token order.
-  autograd::Var gathered = ops::moe_gather(tokens, route);
-  const int64_t* offsets = route.offsets.data<int64_t>();
-  std::vector<autograd::Var> outputs;
-  for (int64_t e = 0; e < config_.n_experts; ++e) {
-    const int64_t count = offsets[e + 1] - offsets[e];
-    if (count > 0) outputs.push_back(expert(*experts_[size_t(e)], ops::narrow(gathered, 0, offsets[e], count)));
-  }
-  autograd::Var routed = ops::moe_combine(ops::concat(outputs, 0), route.weights, route);
   return ops::reshape(ops::add(expert(*shared_, tokens), routed), shape);
 }
 

@@ -26,6 +26,8 @@ class MoE : public FeedForward {
   MoE(int64_t d_model, const FfnConfig& config, const TensorOptions& options, double init_std,
       double output_std);
   autograd::Var forward(const autograd::Var& x) const override;
+  // Prefill chunks route like training; decode steps weight every expert by dense gates, reading
+  // nothing on the host, so the session can record them as a CUDA graph.
   autograd::Var forward_inference(const autograd::Var& x, const InferenceStep& step) const override;
 
   // bias_e += rate * sign(mean load - load_e) from the loads routed since the last call; then the

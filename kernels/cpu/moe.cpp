@@ -1,5 +1,6 @@
 #include "kernels/cpu/moe.h"
 
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/activations.h"
@@ -14,6 +15,23 @@ std::vector<int64_t> slot_positions(const int32_t* order, int64_t slots) {
   std::vector<int64_t> positions(static_cast<size_t>(slots));
   for (int64_t p = 0; p < slots; ++p) positions[size_t(order[p])] = p;
   return positions;
+}
+
+// The weighted row sum both combines compute: out[t] = sum over j < terms of weight * ys[row], with
+// (weight, row) = term(t, j), from zero in j order; a term with row < 0 is left out.
+template <typename T, typename Term>
+void sum_weighted_rows(const T* ys, int64_t n, int64_t terms, int64_t d, T* out, Term term) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t) {
+    T* target = out + t * d;
+    for (int64_t c = 0; c < d; ++c) target[c] = T(0);
+    for (int64_t j = 0; j < terms; ++j) {
+      const auto [weight, row] = term(t, j);
+      if (row < 0) continue;
+      const T* source = ys + row * d;
+      for (int64_t c = 0; c < d; ++c) target[c] += weight * source[c];
+    }
+  }
 }
 
 }  // namespace
@@ -51,6 +69,29 @@ void moe_route_forward(const T* logits, const T* bias, int64_t n, int64_t num_ex
   }
   for (int64_t e = 0; e < num_experts; ++e) load[e] = 0;
   for (int64_t s = 0; s < n * k; ++s) ++load[indices[s]];
+}
+
+template <typename T>
+void moe_dense_gates(const T* logits, const T* bias, int64_t n, int64_t num_experts, int64_t k,
+                     bool normalize, T* gates) {
+  // The router itself decides, so the selection, ties and weights are moe_route's by construction.
+  std::vector<int32_t> indices(static_cast<size_t>(n * k));
+  std::vector<T> weights(static_cast<size_t>(n * k));
+  std::vector<int64_t> load(static_cast<size_t>(num_experts));
+  moe_route_forward<T>(logits, bias, n, num_experts, k, normalize, indices.data(), weights.data(),
+                       load.data());
+  for (int64_t i = 0; i < n * num_experts; ++i) gates[i] = T(0);
+  for (int64_t s = 0; s < n * k; ++s)
+    gates[(s / k) * num_experts + indices[size_t(s)]] = weights[size_t(s)];
+}
+
+template <typename T>
+void moe_dense_combine(const T* ys, const T* gates, int64_t n, int64_t num_experts, int64_t d,
+                       T* out) {
+  sum_weighted_rows(ys, n, num_experts, d, out, [&](int64_t t, int64_t e) {
+    const T gate = gates[t * num_experts + e];
+    return std::pair{gate, gate == T(0) ? int64_t(-1) : e * n + t};
+  });
 }
 
 template <typename T>
@@ -117,16 +158,9 @@ template <typename T>
 void moe_combine_forward(const T* ys, const T* weights, const int32_t* order, int64_t n, int64_t k,
                          int64_t d, T* out) {
   std::vector<int64_t> positions = slot_positions(order, n * k);
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < n; ++t) {
-    T* target = out + t * d;
-    for (int64_t c = 0; c < d; ++c) target[c] = T(0);
-    for (int64_t j = 0; j < k; ++j) {
-      const T weight = weights[t * k + j];
-      const T* source = ys + positions[size_t(t * k + j)] * d;
-      for (int64_t c = 0; c < d; ++c) target[c] += weight * source[c];
-    }
-  }
+  sum_weighted_rows(ys, n, k, d, out, [&](int64_t t, int64_t j) {
+    return std::pair{weights[t * k + j], positions[size_t(t * k + j)]};
+  });
 }
 
 template <typename T>
@@ -162,6 +196,14 @@ template void moe_route_forward<float>(const float*, const float*, int64_t, int6
                                        int32_t*, float*, int64_t*);
 template void moe_route_forward<double>(const double*, const double*, int64_t, int64_t, int64_t,
                                         bool, int32_t*, double*, int64_t*);
+template void moe_dense_gates<float>(const float*, const float*, int64_t, int64_t, int64_t, bool,
+                                     float*);
+template void moe_dense_gates<double>(const double*, const double*, int64_t, int64_t, int64_t,
+                                      bool, double*);
+template void moe_dense_combine<float>(const float*, const float*, int64_t, int64_t, int64_t,
+                                       float*);
+template void moe_dense_combine<double>(const double*, const double*, int64_t, int64_t, int64_t,
+                                        double*);
 template void moe_route_backward<float>(const float*, const int32_t*, const float*, int64_t,
                                         int64_t, int64_t, bool, float*);
 template void moe_route_backward<double>(const double*, const int32_t*, const double*, int64_t,

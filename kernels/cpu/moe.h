@@ -1,9 +1,11 @@
 // MoE routing (MODEL.md section 5): token-choice router with sigmoid scores and a selection-only
 // bias, the expert-major permutation of the routed token-slots, the gather of token rows into that
-// order and the weighted combine back, and the auxiliary-loss-free bias update.
+// order and the weighted combine back, and the auxiliary-loss-free bias update; plus the dense form
+// of the route an inference decode step uses (every expert on every row, weighted by gates that are
+// zero off the selection), which needs no host-side offsets.
 // Shapes: logits (n, E); indices, weights (n, k); slot s = t*k + j; order (n*k) lists the slots
 // expert-major; offsets (E+1) bound each expert's rows; gather x (n, d) -> xs (n*k, d); combine
-// ys (n*k, d) -> out (n, d).
+// ys (n*k, d) -> out (n, d); dense gates (n, E); dense combine ys (E*n, d) -> out (n, d).
 #pragma once
 
 #include <cstdint>
@@ -16,6 +18,19 @@ namespace braid::kernels::cpu {
 template <typename T>
 void moe_route_forward(const T* logits, const T* bias, int64_t n, int64_t num_experts, int64_t k,
                        bool normalize, int32_t* indices, T* weights, int64_t* load);
+
+// gates (n, E): moe_route_forward's weights at the experts it selects (gates[t, indices[t, j]] =
+// weights[t, j]) and zero at every other expert.
+template <typename T>
+void moe_dense_gates(const T* logits, const T* bias, int64_t n, int64_t num_experts, int64_t k,
+                     bool normalize, T* gates);
+
+// out[t] = sum over e of gates[t, e] * ys[e*n + t] (ys stacks every expert's output on all n rows,
+// expert-major), in e order; experts with a zero gate are skipped, so the sum runs over the selected
+// experts only.
+template <typename T>
+void moe_dense_combine(const T* ys, const T* gates, int64_t n, int64_t num_experts, int64_t d,
+                       T* out);
 
 // d_logits from d_weights: sigma' at the selected entries (after the quotient rule when
 // `normalize`), zero elsewhere.

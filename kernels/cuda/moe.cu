@@ -45,16 +45,18 @@ __device__ __forceinline__ bool ranks_before(float key_a, int expert_a, float ke
          (expert_b < 0 || key_a > key_b || (key_a == key_b && expert_a < expert_b));
 }
 
-// One warp per token. Lane l holds experts l and l + 32.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    route_forward_kernel(const T* logits, const float* bias, int64_t n, int num_experts, int k,
-                         bool normalize, int32_t* indices, float* weights) {
-  const int lane = threadIdx.x & 31;
-  const int64_t t = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-  if (t >= n) return;  // uniform over the warp
-  const T* row = logits + t * num_experts;
+// A token's routing decision, the same in every lane of its warp: the k experts best first and
+// their weights (unbiased scores, divided by their sum when normalised). Entries j >= k are unused.
+struct Selection {
+  int chosen[kMaxTopK];
+  float gate[kMaxTopK];
+};
 
+// The router's decision for one token, taken by its whole warp. Lane l holds experts l and l + 32.
+template <typename T>
+__device__ __forceinline__ Selection select_experts(const T* row, const float* bias, int num_experts,
+                                                    int k, bool normalize) {
+  const int lane = threadIdx.x & 31;
   // Stage "score": unbiased score and biased key of this lane's experts; -1 marks none or taken.
   int expert[2];
   float score[2], key[2];
@@ -68,12 +70,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // Stage "top-k": k rounds of a warp argmax in the router's order; the winner is retired.
-  float gate[kMaxTopK];
-  int chosen[kMaxTopK];
+  Selection selection;
 #pragma unroll
   for (int j = 0; j < kMaxTopK; ++j) {
-    gate[j] = 0.0f;
-    chosen[j] = 0;
+    selection.gate[j] = 0.0f;
+    selection.chosen[j] = 0;
     if (j >= k) continue;
     int best = expert[0];
     float best_key = key[0], best_score = score[0];
@@ -93,24 +94,64 @@ __global__ void __launch_bounds__(kThreads)
         best_score = other_score;
       }
     }
-    chosen[j] = best;
-    gate[j] = best_score;
+    selection.chosen[j] = best;
+    selection.gate[j] = best_score;
     if (best >= 0 && expert[0] == best) expert[0] = -1;
     if (best >= 0 && expert[1] == best) expert[1] = -1;
   }
 
-  // Stage "write": normalise in j order like the CPU (sum from 0, then one division each).
-  if (lane == 0) {
+  // Stage "normalise" in j order like the CPU (sum from 0, then one division each).
+  if (normalize) {
     float sum = 0.0f;
 #pragma unroll
     for (int j = 0; j < kMaxTopK; ++j)
-      if (j < k) sum = __fadd_rn(sum, gate[j]);
+      if (j < k) sum = __fadd_rn(sum, selection.gate[j]);
+#pragma unroll
+    for (int j = 0; j < kMaxTopK; ++j)
+      if (j < k) selection.gate[j] = __fdiv_rn(selection.gate[j], sum);
+  }
+  return selection;
+}
+
+// One warp per token; lane 0 writes the k choices.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    route_forward_kernel(const T* logits, const float* bias, int64_t n, int num_experts, int k,
+                         bool normalize, int32_t* indices, float* weights) {
+  const int lane = threadIdx.x & 31;
+  const int64_t t = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  if (t >= n) return;  // uniform over the warp
+  const Selection selection =
+      select_experts(logits + t * num_experts, bias, num_experts, k, normalize);
+  if (lane == 0) {
 #pragma unroll
     for (int j = 0; j < kMaxTopK; ++j) {
       if (j >= k) continue;
-      indices[t * k + j] = chosen[j];
-      weights[t * k + j] = normalize ? __fdiv_rn(gate[j], sum) : gate[j];
+      indices[t * k + j] = selection.chosen[j];
+      weights[t * k + j] = selection.gate[j];
     }
+  }
+}
+
+// One warp per token; lane l writes the gates of experts l and l + 32 (0 unless selected).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    dense_gates_kernel(const T* logits, const float* bias, int64_t n, int num_experts, int k,
+                       bool normalize, float* gates) {
+  const int lane = threadIdx.x & 31;
+  const int64_t t = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  if (t >= n) return;  // uniform over the warp
+  const Selection selection =
+      select_experts(logits + t * num_experts, bias, num_experts, k, normalize);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int e = lane + 32 * h;
+    if (e >= num_experts) continue;
+    float gate = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kMaxTopK; ++j)
+      if (j < k && selection.chosen[j] == e) gate = selection.gate[j];
+    gates[t * num_experts + e] = gate;
   }
 }
 
@@ -293,24 +334,48 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// out[t] = sum over j of weights[t*k + j] * ys[positions[t*k + j]], fp32 from 0 in j order.
-template <typename T, int V>
+// Where a combine finds token t's j-th term: its weight, and its row of ys (-1: no term).
+// moe_combine: the token's k slots, at their rows of the route's order.
+struct RoutedTerms {
+  const float* weights;
+  const int32_t* positions;  // slot -> row of the order
+  int64_t k;
+  __device__ int64_t count() const { return k; }
+  __device__ int64_t row(int64_t t, int64_t j, float& weight) const {
+    weight = weights[t * k + j];
+    return positions[t * k + j];
+  }
+};
+
+// moe_dense_combine: every expert (rows stacked expert-major); a zero gate is no term, so the
+// unselected experts' rows are never read.
+struct DenseTerms {
+  const float* gates;
+  int64_t n, num_experts;
+  __device__ int64_t count() const { return num_experts; }
+  __device__ int64_t row(int64_t t, int64_t e, float& weight) const {
+    weight = gates[t * num_experts + e];
+    return weight == 0.0f ? -1 : e * n + t;
+  }
+};
+
+// out[t] = sum over the token's terms of weight * ys[row], fp32 from 0 in term order.
+template <typename T, int V, typename Terms>
 __global__ void __launch_bounds__(kThreads)
-    combine_forward_kernel(const T* ys, const float* weights, const int32_t* positions, int64_t n,
-                           int64_t k, int64_t d, T* out) {
+    combine_forward_kernel(const T* ys, Terms terms, int64_t n, int64_t d, T* out) {
   const int lane = threadIdx.x & 31;
   const int64_t t = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   if (t >= n) return;
-  const int32_t* rows = positions + t * k;
-  const float* gate = weights + t * k;
   for (int64_t c = int64_t(lane) * V; c < d; c += 32 * V) {
     float total[V];
 #pragma unroll
     for (int i = 0; i < V; ++i) total[i] = 0.0f;
-    for (int64_t j = 0; j < k; ++j) {
-      const float weight = gate[j];
+    for (int64_t j = 0; j < terms.count(); ++j) {
+      float weight;
+      const int64_t row = terms.row(t, j, weight);
+      if (row < 0) continue;  // uniform over the warp (one token per warp)
       float value[V];
-      load_floats<T, V>(ys + int64_t(rows[j]) * d + c, value);
+      load_floats<T, V>(ys + row * d + c, value);
 #pragma unroll
       for (int i = 0; i < V; ++i) total[i] += weight * value[i];
     }
@@ -368,20 +433,53 @@ bool aligned(const void* pointer, size_t bytes) {
   return reinterpret_cast<uintptr_t>(pointer) % bytes == 0;
 }
 
+// The sizes select_experts handles: a warp's two experts per lane, k gates in registers.
+void check_router_size(const char* op, int64_t num_experts, int64_t k) {
+  BRAID_CHECK(num_experts >= 1 && num_experts <= kMoeMaxExperts && k >= 1 &&
+                  k <= std::min(num_experts, kMoeMaxTopK),
+              op, ": the CUDA router takes 1 <= E <= ", kMoeMaxExperts, " and 1 <= k <= min(E, ",
+              kMoeMaxTopK, "), got E = ", num_experts, ", k = ", k);
+}
+
+// One warp per output row; 4-wide accesses where the rows and both base addresses allow.
+template <typename Terms>
+void launch_combine(const char* op, const void* ys, DType dtype, Terms terms, int64_t n, int64_t d,
+                    void* out, cudaStream_t stream) {
+  const unsigned blocks = unsigned(row_blocks(n));
+  dispatch_activation(op, dtype, [&]<typename T>() {
+    const T* y = static_cast<const T*>(ys);
+    T* o = static_cast<T*>(out);
+    if (d % 4 == 0 && aligned(y, 4 * sizeof(T)) && aligned(o, 4 * sizeof(T)))
+      combine_forward_kernel<T, 4><<<blocks, kThreads, 0, stream>>>(y, terms, n, d, o);
+    else
+      combine_forward_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(y, terms, n, d, o);
+    CUDA_CHECK_LAST_LAUNCH();
+  });
+}
+
 }  // namespace
 
 void moe_route_forward(const void* logits, DType dtype, const float* bias, int64_t n,
                        int64_t num_experts, int64_t k, bool normalize, int32_t* indices,
                        float* weights, cudaStream_t stream) {
-  BRAID_CHECK(num_experts >= 1 && num_experts <= kMoeMaxExperts && k >= 1 &&
-                  k <= std::min(num_experts, kMoeMaxTopK),
-              "moe_route: the CUDA router takes 1 <= E <= ", kMoeMaxExperts, " and 1 <= k <= min(E, ",
-              kMoeMaxTopK, "), got E = ", num_experts, ", k = ", k);
+  check_router_size("moe_route", num_experts, k);
   if (n == 0) return;
   dispatch_activation("moe_route", dtype, [&]<typename T>() {
     route_forward_kernel<T><<<unsigned(row_blocks(n)), kThreads, 0, stream>>>(
         static_cast<const T*>(logits), bias, n, int(num_experts), int(k), normalize, indices,
         weights);
+    CUDA_CHECK_LAST_LAUNCH();
+  });
+}
+
+void moe_dense_gates(const void* logits, DType dtype, const float* bias, int64_t n,
+                     int64_t num_experts, int64_t k, bool normalize, float* gates,
+                     cudaStream_t stream) {
+  check_router_size("moe_dense_gates", num_experts, k);
+  if (n == 0) return;
+  dispatch_activation("moe_dense_gates", dtype, [&]<typename T>() {
+    dense_gates_kernel<T><<<unsigned(row_blocks(n)), kThreads, 0, stream>>>(
+        static_cast<const T*>(logits), bias, n, int(num_experts), int(k), normalize, gates);
     CUDA_CHECK_LAST_LAUNCH();
   });
 }
@@ -466,18 +564,14 @@ void moe_combine_forward(const void* ys, DType dtype, const float* weights, cons
                          cudaStream_t stream) {
   if (n == 0 || d == 0) return;
   invert_order(order, n * k, positions, stream);
-  const unsigned blocks = unsigned(row_blocks(n));
-  dispatch_activation("moe_combine", dtype, [&]<typename T>() {
-    const T* y = static_cast<const T*>(ys);
-    T* o = static_cast<T*>(out);
-    if (d % 4 == 0 && aligned(y, 4 * sizeof(T)) && aligned(o, 4 * sizeof(T)))
-      combine_forward_kernel<T, 4><<<blocks, kThreads, 0, stream>>>(y, weights, positions, n, k,
-                                                                    d, o);
-    else
-      combine_forward_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(y, weights, positions, n, k,
-                                                                    d, o);
-    CUDA_CHECK_LAST_LAUNCH();
-  });
+  launch_combine("moe_combine", ys, dtype, RoutedTerms{weights, positions, k}, n, d, out, stream);
+}
+
+void moe_dense_combine(const void* ys, DType dtype, const float* gates, int64_t n,
+                       int64_t num_experts, int64_t d, void* out, cudaStream_t stream) {
+  if (n == 0 || d == 0) return;
+  launch_combine("moe_dense_combine", ys, dtype, DenseTerms{gates, n, num_experts}, n, d, out,
+                 stream);
 }
 
 void moe_combine_backward(const void* ys, DType dtype, const float* weights, const int32_t* order,

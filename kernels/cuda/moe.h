@@ -1,13 +1,17 @@
 // MoE routing on a CUDA device (MODEL.md section 5), the twin of kernels/cpu/moe.h: the sigmoid
 // router's top-k with a selection-only bias, the stable expert-major permutation of the token-slots,
-// gather of token rows into that order, the weighted combine back, and the bias update.
+// gather of token rows into that order, the weighted combine back, and the bias update; plus the
+// dense route of inference decode steps (gates zero off the selection, and the gated sum of every
+// expert's output), which never reads a device value on the host, so a CUDA graph can record it.
 // Shapes: logits (n, E); indices, weights (n, k); slot s = t*k + j; order (n*k); offsets (E+1);
-// gather x (n, d) -> xs (n*k, d); combine ys (n*k, d) -> out (n, d). E <= 64, k <= 8.
-// Parallelism: routing is one warp per token (each lane scores experts lane and lane+32, k rounds of
-// warp argmax); the permutation is a three-pass stable counting sort over 1024-slot blocks
-// (per-block histogram, one-block scan, in-block ranks by __match_any_sync + warp prefix, scatter);
-// gather/combine are one warp per row, with 4-wide vector accesses where rows allow. No float
-// atomics anywhere: every result is the same on every run.
+// gather x (n, d) -> xs (n*k, d); combine ys (n*k, d) -> out (n, d); dense gates (n, E); dense
+// combine ys (E*n, d) -> out (n, d). E <= 64, k <= 8.
+// Parallelism: routing and dense gates are one warp per token (each lane scores experts lane and
+// lane+32, k rounds of warp argmax; one selection routine serves both); the permutation is a
+// three-pass stable counting sort over 1024-slot blocks (per-block histogram, one-block scan,
+// in-block ranks by __match_any_sync + warp prefix, scatter); gather and the combines (routed and
+// dense share one kernel) are one warp per row, with 4-wide vector accesses where rows allow. No
+// float atomics anywhere: every result is the same on every run.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -28,6 +32,18 @@ constexpr int64_t kMoeMaxTopK = 8;      // the selected gates live in registers
 void moe_route_forward(const void* logits, DType dtype, const float* bias, int64_t n,
                        int64_t num_experts, int64_t k, bool normalize, int32_t* indices,
                        float* weights, cudaStream_t stream);
+
+// gates (n, E) f32: moe_route_forward's weights at the experts it selects (same selection, ties,
+// scores and normalisation, bit for bit) and 0 at every other expert. logits and bias as there.
+void moe_dense_gates(const void* logits, DType dtype, const float* bias, int64_t n,
+                     int64_t num_experts, int64_t k, bool normalize, float* gates,
+                     cudaStream_t stream);
+
+// out[t] = sum over e of gates[t, e] * ys[e*n + t] (ys: every expert's output on all n rows,
+// expert-major), fp32 from 0 in e order, experts with a zero gate skipped (their rows unread).
+// ys and out in `dtype`; gates f32.
+void moe_dense_combine(const void* ys, DType dtype, const float* gates, int64_t n,
+                       int64_t num_experts, int64_t d, void* out, cudaStream_t stream);
 
 // d_logits (n, E) f32 from d_weights (n, k) f32: sigma' at the selected entries (after the quotient
 // rule when `normalize`), zero elsewhere.

@@ -137,6 +137,23 @@ class MoeCombineNode : public autograd::Node {
   Tensor ys_, weights_, order_;
 };
 
+// What moe_route and moe_dense_gates require of their inputs: logits (n, E), a floating bias (E),
+// 1 <= k <= E, and slot ids t*k + j that fit int32.
+void check_router_inputs(const char* op, const Tensor& logits, const Tensor& bias, int64_t k) {
+  check_dim(op, "logits", logits, 2);
+  check_floating(op, "logits", logits);
+  check_backend(op, "logits", logits);
+  const int64_t n = logits.size(0), num_experts = logits.size(1);
+  BRAID_CHECK(bias.defined() && bias.shape() == Shape{num_experts}, op, ": bias has shape ",
+              bias.defined() ? shape_str(bias.shape()) : "undefined", " but logits ",
+              shape_str(logits.shape()), " has ", num_experts, " experts");
+  check_floating(op, "bias", bias);
+  BRAID_CHECK(k >= 1 && k <= num_experts, op, ": k = ", k, " must be in [1, E] with E = ",
+              num_experts, " experts (logits ", shape_str(logits.shape()), ")");
+  BRAID_CHECK(n * k <= std::numeric_limits<int32_t>::max(), op, ": ", n, " tokens x k = ", k,
+              " slots do not fit the int32 slot ids");
+}
+
 // The parts of a RouteResult that gather and combine read: indices (n, k) i32 and an order that is
 // a permutation of the n*k slots (anything else would index out of bounds), on the device of the
 // activation `x` the op reads. A CPU order is verified to be a permutation; a CUDA order is taken
@@ -173,22 +190,27 @@ void check_route(const char* op, const RouteResult& route, const Tensor& x) {
 #ifdef BRAID_CUDA
 namespace {
 
+// The CUDA router's limits, and its bias as the kernels read it: f32 (next to f32 scores, whatever
+// the logits' dtype) on the logits' device. A host bias costs a host->device copy per call.
+Tensor cuda_router_bias(const char* op, const Tensor& logits, const Tensor& bias, int64_t k) {
+  BRAID_CHECK(logits.size(1) <= kernels::cuda::kMoeMaxExperts && k <= kernels::cuda::kMoeMaxTopK,
+              op, ": the CUDA router takes at most ", kernels::cuda::kMoeMaxExperts,
+              " experts and k <= ", kernels::cuda::kMoeMaxTopK, ", got logits ",
+              shape_str(logits.shape()), " and k = ", k);
+  BRAID_CHECK(bias.device().is_cpu() || bias.device() == logits.device(), op, ": bias ",
+              bias.describe(), " must be on the host or on the logits' device (logits ",
+              logits.describe(), ")");
+  return bias.to(DType::f32).to(logits.device()).contiguous();
+}
+
 // moe_route on a CUDA device: selection and permutation on the device; the expert boundaries come
 // back to the host (see moe.h), which costs one device->host copy of E+1 integers per call.
 RouteResult cuda_route(const autograd::Var& logits, const Tensor& bias, int64_t k, bool normalize) {
   const Tensor& value = logits->value;
   const Device device = value.device();
   const int64_t n = value.size(0), num_experts = value.size(1);
-  BRAID_CHECK(num_experts <= kernels::cuda::kMoeMaxExperts && k <= kernels::cuda::kMoeMaxTopK,
-              "moe_route: the CUDA router takes at most ", kernels::cuda::kMoeMaxExperts,
-              " experts and k <= ", kernels::cuda::kMoeMaxTopK, ", got logits ",
-              shape_str(value.shape()), " and k = ", k);
-  BRAID_CHECK(bias.device().is_cpu() || bias.device() == device, "moe_route: bias ",
-              bias.describe(), " must be on the host or on the logits' device (logits ",
-              value.describe(), ")");
   cuda_set_device(device.index);
-  // The bias (f32 in training) is read as f32 next to f32 scores, whatever the logits' dtype.
-  Tensor l = value.contiguous(), b = bias.to(DType::f32).to(device).contiguous();
+  Tensor l = value.contiguous(), b = cuda_router_bias("moe_route", value, bias, k);
   RouteResult route;
   route.indices = Tensor::empty({n, k}, DType::i32, device);
   route.order = Tensor::empty({n * k}, DType::i32, device);
@@ -218,19 +240,8 @@ RouteResult cuda_route(const autograd::Var& logits, const Tensor& bias, int64_t 
 
 RouteResult moe_route(const autograd::Var& logits, const Tensor& bias, int64_t k, bool normalize) {
   const Tensor& value = logits->value;
-  check_dim("moe_route", "logits", value, 2);
-  check_floating("moe_route", "logits", value);
-  check_backend("moe_route", "logits", value);
+  check_router_inputs("moe_route", value, bias, k);
   const int64_t n = value.size(0), num_experts = value.size(1);
-  BRAID_CHECK(bias.defined() && bias.shape() == Shape{num_experts}, "moe_route: bias has shape ",
-              bias.defined() ? shape_str(bias.shape()) : "undefined", " but logits ",
-              shape_str(value.shape()), " has ", num_experts, " experts");
-  check_floating("moe_route", "bias", bias);
-  BRAID_CHECK(k >= 1 && k <= num_experts, "moe_route: k = ", k,
-              " must be in [1, E] with E = ", num_experts, " experts (logits ",
-              shape_str(value.shape()), ")");
-  BRAID_CHECK(n * k <= std::numeric_limits<int32_t>::max(), "moe_route: ", n, " tokens x k = ", k,
-              " slots do not fit the int32 slot ids");
 #ifdef BRAID_CUDA
   if (value.device().is_cuda()) return cuda_route(logits, bias, k, normalize);
 #endif
@@ -316,6 +327,58 @@ autograd::Var moe_combine(const autograd::Var& ys, const autograd::Var& weights,
                                          out.data<T>());
   });
   return autograd::record(std::make_shared<MoeCombineNode>(yc, wc, order), {ys, weights}, out);
+}
+
+Tensor moe_dense_gates(const Tensor& logits, const Tensor& bias, int64_t k, bool normalize) {
+  check_router_inputs("moe_dense_gates", logits, bias, k);
+  const int64_t n = logits.size(0), num_experts = logits.size(1);
+#ifdef BRAID_CUDA
+  if (logits.device().is_cuda()) {
+    cuda_set_device(logits.device().index);
+    Tensor l = logits.contiguous(), b = cuda_router_bias("moe_dense_gates", logits, bias, k);
+    Tensor gates = Tensor::empty({n, num_experts}, DType::f32, logits.device());
+    kernels::cuda::moe_dense_gates(l.raw_data(), l.dtype(), b.data<float>(), n, num_experts, k,
+                                   normalize, gates.data<float>(), compute_stream());
+    return gates;
+  }
+#endif
+  check_cpu("moe_dense_gates", bias);
+  // As moe_route: the bias is compared with the scores in the logits' precision.
+  Tensor l = logits.contiguous(), b = bias.to(logits.dtype()).contiguous();
+  Tensor gates = Tensor::empty({n, num_experts}, logits.dtype());
+  dispatch_cpu_float("moe_dense_gates", logits.dtype(), [&]<typename T>() {
+    kernels::cpu::moe_dense_gates<T>(l.data<T>(), b.data<T>(), n, num_experts, k, normalize,
+                                     gates.data<T>());
+  });
+  return gates;
+}
+
+Tensor moe_dense_combine(const Tensor& ys, const Tensor& gates) {
+  check_dim("moe_dense_combine", "ys", ys, 2);
+  check_dim("moe_dense_combine", "gates", gates, 2);
+  check_backend("moe_dense_combine", "ys", ys);
+  const int64_t n = gates.size(0), num_experts = gates.size(1), d = ys.size(1);
+  BRAID_CHECK(ys.size(0) == n * num_experts, "moe_dense_combine: ys has shape ",
+              shape_str(ys.shape()), " but gates ", shape_str(gates.shape()), " need ",
+              n * num_experts, " rows (every expert's output on every token)");
+  // As moe_combine: f32 gates next to f32 or bf16 ys on CUDA; the ys' dtype on the CPU.
+  if (ys.device().is_cuda()) check_param("moe_dense_combine", "gates", gates, ys);
+  else check_same_type("moe_dense_combine", "ys", ys, "gates", gates);
+  Tensor yc = ys.contiguous(), gc = gates.contiguous();
+  Tensor out = Tensor::empty({n, d}, ys.dtype(), ys.device());
+#ifdef BRAID_CUDA
+  if (ys.device().is_cuda()) {
+    cuda_set_device(ys.device().index);
+    kernels::cuda::moe_dense_combine(yc.raw_data(), yc.dtype(), gc.data<float>(), n, num_experts,
+                                     d, out.raw_data(), compute_stream());
+    return out;
+  }
+#endif
+  dispatch_cpu_float("moe_dense_combine", ys.dtype(), [&]<typename T>() {
+    kernels::cpu::moe_dense_combine<T>(yc.data<T>(), gc.data<T>(), n, num_experts, d,
+                                       out.data<T>());
+  });
+  return out;
 }
 
 void moe_bias_update(const Tensor& bias, const Tensor& load, double rate) {

@@ -37,6 +37,22 @@ autograd::Var moe_gather(const autograd::Var& x, const RouteResult& route);
 autograd::Var moe_combine(const autograd::Var& ys, const autograd::Var& weights,
                           const RouteResult& route);
 
+// The dense form of a route, for inference decode steps (the MoE layer's decode path): every expert
+// runs on every token and its output is weighted by a gate that is zero where the router did not
+// select it. Nothing is read on the host, so a CUDA graph can record these. They take and give
+// Tensors, outside autograd: no gradient flows through them (the routed ops above are for training).
+//
+// gates (n, E): moe_route's weights at the experts it selects (the same selection with the bias,
+// ties, scores and normalisation) and 0 at every other expert. In the logits' dtype on the CPU, f32
+// on CUDA; the same limits and bias placement as moe_route.
+Tensor moe_dense_gates(const Tensor& logits, const Tensor& bias, int64_t k, bool normalize = false);
+
+// ys (E*n, d), every expert's output on all n tokens stacked expert-major (expert e's are rows
+// e*n .. e*n + n - 1), and gates (n, E) -> out (n, d): out[t] = sum over e of gates[t, e] *
+// ys[e*n + t], in expert order over the nonzero gates only. Gates are f32 on CUDA next to f32 or
+// bf16 ys, in the ys' dtype on the CPU.
+Tensor moe_dense_combine(const Tensor& ys, const Tensor& gates);
+
 // Auxiliary-loss-free balancing, after each step and outside autograd, in place:
 // bias[e] += rate * sign(mean(load) - load[e]). A CUDA bias (f32) is updated on its device; its
 // load may be on the host or on that device.

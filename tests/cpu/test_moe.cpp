@@ -1,6 +1,8 @@
 // MoE routing: router, permutation, gather and combine against naive double loops (including a tiny
 // MoE forward built from the ops), gradients through gradcheck, the bias update's sign rule, and
-// bad inputs.
+// bad inputs; the dense route of decode steps (gates against the router's own decisions and the
+// naive route, the gated sum against a naive loop) and the MoE layer's decode step against its
+// routed forward.
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -9,6 +11,8 @@
 
 #include "autograd/gradcheck.h"
 #include "autograd/tape.h"
+#include "layers/ffn.h"
+#include "layers/inference_cache.h"
 #include "layers/ops/moe.h"
 #include "tests/test_util.h"
 
@@ -289,6 +293,114 @@ TEST(MoeBiasUpdate, SignRuleWithTieToTheMean) {
   }
 }
 
+// The route in dense form: row t holds weights[t, j] at expert indices[t, j], zero elsewhere.
+std::vector<double> scatter_route(const std::vector<double>& indices,
+                                  const std::vector<double>& weights, int64_t n, int64_t num_experts,
+                                  int64_t k) {
+  std::vector<double> dense(size_t(n * num_experts), 0.0);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < k; ++j)
+      dense[size_t(t * num_experts + int64_t(indices[size_t(t * k + j)]))] =
+          weights[size_t(t * k + j)];
+  return dense;
+}
+
+// The gates are moe_route's weights at its indices and zero elsewhere, exactly (the same decision
+// and the same arithmetic), and follow the naive route; random biased logits and exact ties.
+TEST(MoeDenseGates, AreTheRouteWeightsAtItsIndices) {
+  uint64_t seed = 1000;
+  for (DType dtype : {DType::f32, DType::f64}) {
+    for (int64_t num_experts : {5, 8, 64})
+      for (int64_t k : {1, 2})
+        for (int64_t n : {1, 3, 37})
+          for (bool normalize : {false, true}) {
+            SCOPED_TRACE(str(dtype_name(dtype), " n=", n, " E=", num_experts, " k=", k,
+                             normalize ? " normalized" : ""));
+            Tensor logits = random_normal({n, num_experts}, ++seed, dtype, 1.5);
+            Tensor bias = random_normal({num_experts}, ++seed, DType::f32, 0.3);
+            Tensor gates = ops::moe_dense_gates(logits, bias, k, normalize);
+            EXPECT_EQ(gates.dtype(), dtype);
+            EXPECT_EQ(gates.shape(), (Shape{n, num_experts}));
+            ops::RouteResult route = ops::moe_route(leaf(logits), bias, k, normalize);
+            EXPECT_EQ(gates.to_doubles(),
+                      scatter_route(route.indices.to_doubles(), route.weights->value.to_doubles(),
+                                    n, num_experts, k));
+            NaiveRoute naive = naive_route(logits.to_doubles(), bias.to_doubles(), n, num_experts,
+                                           k, normalize);
+            EXPECT_TRUE(all_close(gates, scatter_route(naive.indices, naive.weights, n,
+                                                       num_experts, k),
+                                  1e-6, 1e-7));
+          }
+  }
+  // Ties go to the lower expert, as in the router: token 1 ties experts 1 and 3 for first.
+  Tensor tied = Tensor::from_values({0.5, 0.5, 0.5, 0.5, 0.5,  //
+                                     -1.0, 2.0, 0.0, 2.0, -1.0},
+                                    {2, 5}, DType::f64);
+  const double s = naive_sigmoid(0.5), top = naive_sigmoid(2.0);
+  EXPECT_TRUE(all_close(ops::moe_dense_gates(tied, Tensor::zeros({5}, DType::f64), 2),
+                        {s, s, 0, 0, 0, 0, top, 0, top, 0}, 1e-15, 0));
+}
+
+// out[t] = sum_e gates[t, e] * ys[e*n + t] against a double loop, with gates from the router (so
+// most are zero); an unselected expert's rows are never read, so a NaN there does not reach out.
+TEST(MoeDenseCombine, MatchesNaiveGatedSum) {
+  uint64_t seed = 1100;
+  struct Case {
+    int64_t n, num_experts, k, d;
+  };
+  for (DType dtype : {DType::f32, DType::f64}) {
+    for (Case c : {Case{1, 8, 1, 16}, Case{3, 5, 2, 7}, Case{8, 64, 2, 33}}) {
+      SCOPED_TRACE(str(dtype_name(dtype), " n=", c.n, " E=", c.num_experts, " k=", c.k));
+      const Tensor logits = random_normal({c.n, c.num_experts}, ++seed, dtype, 1.5);
+      const Tensor bias = random_normal({c.num_experts}, ++seed, DType::f32, 0.3);
+      const Tensor gates = ops::moe_dense_gates(logits, bias, c.k, /*normalize=*/c.k == 2);
+      Tensor ys = random_normal({c.num_experts * c.n, c.d}, ++seed, dtype);
+      std::vector<double> g = gates.to_doubles(), y = ys.to_doubles();
+      std::vector<double> expected(size_t(c.n * c.d), 0.0);
+      for (int64_t t = 0; t < c.n; ++t)
+        for (int64_t e = 0; e < c.num_experts; ++e)
+          for (int64_t i = 0; i < c.d; ++i)
+            expected[size_t(t * c.d + i)] +=
+                g[size_t(t * c.num_experts + e)] * y[size_t((e * c.n + t) * c.d + i)];
+      Tensor out = ops::moe_dense_combine(ys, gates);
+      EXPECT_EQ(out.shape(), (Shape{c.n, c.d}));
+      EXPECT_EQ(out.dtype(), dtype);
+      EXPECT_TRUE(all_close(out, expected, 1e-6, 1e-7));
+
+      for (int64_t e = 0; e < c.num_experts; ++e)
+        for (int64_t t = 0; t < c.n; ++t)
+          if (g[size_t(t * c.num_experts + e)] == 0)
+            ys.narrow(0, e * c.n + t, 1).fill_(std::nan(""));
+      EXPECT_TRUE(all_close(ops::moe_dense_combine(ys, gates), expected, 1e-6, 1e-7));
+    }
+  }
+}
+
+// The MoE layer's decode step (an InferenceStep with no prefill row) runs the dense route; its
+// output is the routed forward's, and it adds nothing to the balancing load.
+TEST(MoeLayer, DecodeStepMatchesRoutedForward) {
+  const int64_t d_model = 16;
+  for (int64_t top_k : {1, 2}) {
+    FfnConfig config;
+    config.kind = FfnConfig::Kind::moe;
+    config.d_ffn = 24;
+    config.n_experts = 8;
+    config.top_k = top_k;
+    MoE layer(d_model, config, TensorOptions{}, 0.2, 0.1);
+    Generator generator(1200 + uint64_t(top_k));
+    layer.initialize(generator);
+    Tensor bias = layer.routing_bias();  // a handle to the layer's buffer
+    bias.copy_from(random_normal({config.n_experts}, 1210 + uint64_t(top_k), DType::f32, 0.05));
+    const Var x = leaf(random_normal({6, 1, d_model}, 1220 + uint64_t(top_k), DType::f32));
+    autograd::NoGradScope no_grad;
+    const Tensor want = layer.forward(x)->value;
+    const Tensor got = layer.forward_inference(x, InferenceStep{})->value;
+    EXPECT_EQ(got.shape(), want.shape());
+    EXPECT_TRUE(all_close(got, want.to_doubles(), 1e-5, 1e-6)) << "top_k " << top_k;
+    EXPECT_EQ(layer.load_since_update().to_doubles(), std::vector<double>(8, 0.0));
+  }
+}
+
 void expect_error_mentions(const std::function<void()>& call,
                            const std::vector<std::string>& parts) {
   try {
@@ -341,6 +453,18 @@ TEST(MoeGatherCombine, BadInputsNameBothShapes) {
         ops::moe_combine(leaf(random_normal({8, 3}, 916, DType::f64)), route.weights, route);
       },
       {"f64", "f32"});
+  expect_error_mentions(
+      [&] {
+        ops::moe_dense_combine(random_normal({7, 3}, 918, DType::f32),
+                               random_normal({4, 2}, 919, DType::f32));
+      },
+      {"moe_dense_combine", "[7, 3]", "[4, 2]"});
+  expect_error_mentions(
+      [&] {
+        ops::moe_dense_gates(random_normal({4, 8}, 920, DType::f32), Tensor::zeros({5}, DType::f32),
+                             1);
+      },
+      {"moe_dense_gates", "[5]", "[4, 8]"});
   ops::RouteResult broken = route;
   broken.order = Tensor::from_values({0, 1, 2, 3, 4, 5, 6, 6}, {8}, DType::i32);
   expect_error_mentions(

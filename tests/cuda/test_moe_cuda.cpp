@@ -1,7 +1,10 @@
 // MoE routing ops on a CUDA device against the CPU backend: the router's choices, permutation,
 // offsets and load exactly (random, biased and tied inputs), weights within 1e-6, gather / combine /
 // the route-gather-combine chain forward and backward in f32 and bf16, the bias update exactly, and
-// the whole MoE FFN module (same parameters on both backends) in f32.
+// the whole MoE FFN module (same parameters on both backends) in f32; the dense route of decode
+// steps (gates: the same decisions as the CPU and as the GPU router itself; the gated sum in f32
+// and bf16) and the module's decode step against the CPU's routed forward.
+#include <cmath>
 #include <memory>
 #include <string>
 #include <utility>
@@ -9,6 +12,7 @@
 
 #include "autograd/tape.h"
 #include "layers/ffn.h"
+#include "layers/inference_cache.h"
 #include "layers/ops/moe.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/test_util.h"
@@ -252,6 +256,100 @@ TEST_F(CudaMoe, BiasUpdateMatchesCpuExactly) {
   EXPECT_EQ(gpu_bias.to_doubles(), cpu_bias.to_doubles());
 }
 
+// The route in dense form: row t holds weights[t, j] at expert indices[t, j], zero elsewhere.
+std::vector<double> scatter_route(const ops::RouteResult& route, int64_t num_experts) {
+  const std::vector<double> indices = route.indices.to_doubles(),
+                            weights = route.weights->value.to_doubles();
+  const int64_t n = route.indices.size(0), k = route.indices.size(1);
+  std::vector<double> dense(size_t(n * num_experts), 0.0);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < k; ++j)
+      dense[size_t(t * num_experts + int64_t(indices[size_t(t * k + j)]))] =
+          weights[size_t(t * k + j)];
+  return dense;
+}
+
+// Dense gates from host logits (f32, already rounded to `dtype`): on the GPU in `dtype` they equal
+// the GPU router's own weights at its indices bit for bit (one selection routine), and the CPU's
+// gates with the same zero pattern (the same decisions) and values within 1e-6.
+void expect_same_gates(const Tensor& logits, const Tensor& bias, const RouteCase& c, DType dtype,
+                       bool bias_on_host) {
+  SCOPED_TRACE(describe(c, dtype) + (bias_on_host ? " (host bias)" : ""));
+  const Tensor gpu_logits = logits.to(dtype).to(kGpu), gpu_bias = bias_on_host ? bias : bias.to(kGpu);
+  const Tensor gates = ops::moe_dense_gates(gpu_logits, gpu_bias, c.k, c.normalize);
+  ASSERT_TRUE(gates.device().is_cuda());
+  EXPECT_EQ(gates.dtype(), DType::f32);
+  ASSERT_EQ(gates.shape(), (Shape{c.n, c.num_experts}));
+  const std::vector<double> got = gates.to_doubles();
+  EXPECT_EQ(got, scatter_route(ops::moe_route(leaf(gpu_logits), gpu_bias, c.k, c.normalize),
+                               c.num_experts));
+  const std::vector<double> want = ops::moe_dense_gates(logits, bias, c.k, c.normalize).to_doubles();
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i)
+    ASSERT_EQ(got[i] == 0.0, want[i] == 0.0) << "token " << i / size_t(c.num_experts) << " expert "
+                                             << i % size_t(c.num_experts);
+  EXPECT_TRUE(testing::all_close(got, want, 0.0, 1e-6));
+}
+
+TEST_F(CudaMoe, DenseGatesMatchRouterAndCpu) {
+  std::vector<RouteCase> cases;
+  for (int64_t num_experts : {4, 5, 8, 64})
+    for (int64_t k : {1, 2})
+      for (int64_t n : {1, 3, 8, 37, 1000})
+        for (bool normalize : {false, true}) cases.push_back({n, num_experts, k, normalize});
+  uint64_t seed = 900;
+  int variant = 0;
+  for (const RouteCase& c : cases)
+    for (DType dtype : {DType::f32, DType::bf16}) {
+      const Tensor logits =
+          testing::random_normal({c.n, c.num_experts}, ++seed, DType::f32, 1.5).to(dtype).to(DType::f32);
+      const Tensor bias = testing::random_normal({c.num_experts}, ++seed, DType::f32, 0.2);
+      expect_same_gates(logits, bias, c, dtype, /*bias_on_host=*/++variant % 3 == 0);
+    }
+  // Exact ties (logits from 4 values, a bias of 0 or 0.25) go to the lower expert, as in the router.
+  for (RouteCase c : {RouteCase{50, 64, 2, false}, RouteCase{33, 8, 2, true}, RouteCase{40, 5, 1, false}}) {
+    const double levels[] = {-1.0, 0.0, 0.5, 2.0};
+    std::vector<double> values, bias_values;
+    for (uint32_t pick : testing::sample_ids(size_t(c.n * c.num_experts), 4, ++seed))
+      values.push_back(levels[pick]);
+    for (uint32_t pick : testing::sample_ids(size_t(c.num_experts), 2, ++seed))
+      bias_values.push_back(0.25 * pick);
+    const Tensor logits = Tensor::from_values(values, {c.n, c.num_experts}, DType::f32);
+    const Tensor bias = Tensor::from_values(bias_values, {c.num_experts}, DType::f32);
+    for (DType dtype : {DType::f32, DType::bf16}) expect_same_gates(logits, bias, c, dtype, false);
+  }
+}
+
+// The gated sum over expert-major stacked outputs, gates from the router (mostly zero): f32 and
+// bf16 ys against the CPU on the same rounded values, at decode sizes and a realistic width; the
+// unselected experts' rows hold NaN, which must not reach the output (they are never read).
+TEST_F(CudaMoe, DenseCombineMatchesCpu) {
+  struct Case {
+    int64_t n, num_experts, k, d;
+  };
+  uint64_t seed = 1000;
+  for (Case c : {Case{1, 8, 1, 2048}, Case{3, 64, 2, 64}, Case{8, 8, 2, 33}, Case{37, 5, 1, 5},
+                 Case{300, 8, 2, 1000}}) {
+    const Tensor logits = testing::random_normal({c.n, c.num_experts}, ++seed, DType::f32, 1.5);
+    const Tensor bias = testing::random_normal({c.num_experts}, ++seed, DType::f32, 0.2);
+    const Tensor gates = ops::moe_dense_gates(logits, bias, c.k, /*normalize=*/c.k == 2);
+    const std::vector<double> g = gates.to_doubles();
+    for (auto [dtype, rtol] : {std::pair{DType::bf16, 1e-2}, std::pair{DType::f32, 1e-5}}) {
+      SCOPED_TRACE(str(dtype_name(dtype), " n=", c.n, " E=", c.num_experts, " k=", c.k, " d=", c.d));
+      Tensor ys = testing::random_normal({c.num_experts * c.n, c.d}, ++seed, DType::f32).to(dtype).to(DType::f32);
+      const Tensor want = ops::moe_dense_combine(ys, gates);
+      for (int64_t e = 0; e < c.num_experts; ++e)
+        for (int64_t t = 0; t < c.n; ++t)
+          if (g[size_t(t * c.num_experts + e)] == 0) ys.narrow(0, e * c.n + t, 1).fill_(std::nan(""));
+      const Tensor got = ops::moe_dense_combine(ys.to(dtype).to(kGpu), gates.to(kGpu));
+      ASSERT_TRUE(got.device().is_cuda());
+      EXPECT_EQ(got.dtype(), dtype);
+      EXPECT_EQ(got.shape(), (Shape{c.n, c.d}));
+      EXPECT_TRUE(testing::close_to_reference(got.to_doubles(), want.to_doubles(), rtol));
+    }
+  }
+}
+
 // The whole MoE FFN (shared expert + top-2 of 8, layers/ffn.h) built with the same parameters on
 // both backends, a nonzero routing bias, output and every parameter gradient in f32, then the
 // bias update from the forward's load. Needs the CUDA linear / swiglu / layout / add ops too.
@@ -301,6 +399,40 @@ TEST_F(CudaMoe, MoeLayerMatchesCpuInFp32) {
   cpu->update_routing_bias();
   gpu->update_routing_bias();
   EXPECT_EQ(gpu->routing_bias().to_doubles(), cpu->routing_bias().to_doubles());
+}
+
+// The MoE FFN's decode step (dense gates over every expert, top-1 and top-2 of 8) on the GPU against
+// the CPU module's routed forward with the same parameters and a nonzero routing bias, in f32.
+TEST_F(CudaMoe, MoeLayerDecodeStepMatchesCpuRoutedForward) {
+  const int64_t d_model = 64;
+  for (int64_t top_k : {1, 2}) {
+    FfnConfig config;
+    config.kind = FfnConfig::Kind::moe;
+    config.d_ffn = 96;
+    config.n_experts = 8;
+    config.top_k = top_k;
+    auto build = [&](Device device) {
+      auto layer = std::make_unique<MoE>(d_model, config, TensorOptions{device, DType::f32}, 0.05,
+                                         0.02);
+      Generator generator(41 + uint64_t(top_k));
+      layer->initialize(generator);
+      Tensor bias = layer->routing_bias();
+      bias.copy_from(testing::random_normal({config.n_experts}, 42, DType::f32, 0.02));
+      return layer;
+    };
+    auto cpu = build(Device::cpu());
+    auto gpu = build(kGpu);
+    autograd::NoGradScope no_grad;
+    for (int64_t batch : {1, 5}) {
+      SCOPED_TRACE(str("top_k ", top_k, " batch ", batch));
+      const Tensor x = testing::random_normal({batch, 1, d_model}, 43 + uint64_t(batch), DType::f32);
+      const Tensor want = cpu->forward(leaf(x))->value;
+      const Tensor got = gpu->forward_inference(leaf(x.to(kGpu)), InferenceStep{})->value;
+      ASSERT_TRUE(got.device().is_cuda());
+      EXPECT_EQ(got.shape(), want.shape());
+      EXPECT_TRUE(testing::close_to_reference(got.to_doubles(), want.to_doubles(), 1e-4));
+    }
+  }
 }
 
 }  // namespace
