@@ -105,8 +105,10 @@ $(BUILD)/libkernel_profiler.so: tools/profiler/kernel_profiler.cpp $(CONFIG_STAM
 	$(CXX) -std=c++20 -O2 -Wall -Wextra -fPIC -shared -I$(CUDA_HOME)/include $< -o $@ \
 	  -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcupti
 
-# Integration tests run the built programs, found beside the test binary's folder.
+# Integration tests (and the CUDA needle test) run the built programs, found beside the test
+# binary's folder.
 $(INTEGRATION_TESTS): | $(BINARIES)
+$(CUDA_TESTS): | $(BINARIES)
 
 $(INTEGRATION_TESTS): $(INTEGRATION_TEST_SRC:%.cpp=$(BUILD)/obj/%.o) $(LIBBRAID)
 	@mkdir -p $(@D)

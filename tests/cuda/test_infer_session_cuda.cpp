@@ -97,14 +97,14 @@ TEST_F(CudaSession, Fp32MatchesFullForwardAndCpuSessionEveryFamily) {
     auto gpu = build(family, moe, Device::cuda(0), DType::f32);
     auto cpu = build(family, moe, Device::cpu(), DType::f32);
     const SessionRun gpu_run = run_session(*gpu, prompts, 6, 0);
-    expect_matches_forward(*gpu, gpu_run, prompts, 1e-4);
+    expect_matches_forward(*gpu, gpu_run, prompts, 1e-5);
     const SessionRun cpu_run = run_session(*cpu, prompts, 6, 0);
     for (size_t step = 0; step < gpu_run.logits.size(); ++step)
-      EXPECT_TRUE(close_to_reference(gpu_run.logits[step].to_doubles(), cpu_run.logits[step].to_doubles(), 1e-4));
+      EXPECT_TRUE(close_to_reference(gpu_run.logits[step].to_doubles(), cpu_run.logits[step].to_doubles(), 1e-5));
     // Chunks of 10 continue from the caches (cache attention with several queries, scan and conv
     // from their states).
     expect_matches_forward(*gpu, run_session(*gpu, {sample_ids(41, kVocab, 2)}, 2, 10), {sample_ids(41, kVocab, 2)},
-                           1e-4);
+                           1e-5);
   }
 }
 
@@ -113,7 +113,7 @@ TEST_F(CudaSession, MixedLengthBatchMatchesEachSequenceAlone) {
     auto gpu = build(family, false, Device::cuda(0), DType::f32);
     const std::vector<std::vector<uint32_t>> prompts = {sample_ids(37, kVocab, 3), sample_ids(2, kVocab, 4),
                                                         sample_ids(20, kVocab, 5), sample_ids(9, kVocab, 6)};
-    expect_matches_forward(*gpu, run_session(*gpu, prompts, 4, 0), prompts, 1e-4);
+    expect_matches_forward(*gpu, run_session(*gpu, prompts, 4, 0), prompts, 1e-5);
   }
 }
 
