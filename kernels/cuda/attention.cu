@@ -164,10 +164,15 @@ template <int DQK, int DV>
 struct ForwardTile {
   static constexpr int kRows = 128, kKeys = 64, kWarps = 4, kThreads = 32 * kWarps;
   static constexpr int kMTiles = kRows / (16 * kWarps);  // m16 tiles per warp (2: 32 rows)
-  static constexpr int kSubKeys = DV > 96 ? 32 : 64;     // keys per softmax update (see the loop)
-  // Unroll of the S = Q Kᵀ loop over the head dim: 2 for ILP, 1 where ptxas would otherwise spill
-  // (it spends every register up to the 255 cap on prefetching fragments; see -Xptxas -v).
-  static constexpr int kSUnroll = (DV == 128 && (DQK == 64 || DQK == 96)) ? 1 : 2;
+  // Unroll of the S = Q Kᵀ loop over the head dim, for ILP; 1 for the mixed head dims (Dv = 128
+  // with a smaller Dqk), where ptxas would otherwise spill more to prefetch fragments (12-16 bytes
+  // remain there, see -Xptxas -v). One softmax update per 64-key tile (32-key halves before: hd128
+  // 255 -> 298 TFLOP/s, 72/128 216 -> 262 on an H200 at T 8192); unroll 4 at hd128: 298 -> 302.
+  static constexpr int kSUnroll = DV == 128 ? (DQK == 128 ? 4 : 1) : 2;
+  // Rescale O on every max update (Dv <= 96: 24 multiplies a row half, cheaper than the warp vote
+  // that skips it: hd64 232 -> 249 TFLOP/s) or only when a row of the warp got a new max (Dv = 128,
+  // where the unconditional form spills).
+  static constexpr bool kAlwaysRescale = DV <= 96;
   static constexpr int kDqk = round_up_16(DQK), kDv = round_up_16(DV);  // padded head dims
   // Shared rows carry 8 extra halves: consecutive rows start 16 bytes apart modulo 128, so the
   // eight row addresses of an ldmatrix phase hit distinct banks.
@@ -185,7 +190,12 @@ struct ForwardArgs {
   float* lse;
   int B, T, Hq, Hk, group;
   int window, sink;  // set_mask()
-  float scale_log2;  // scale * log2(e)
+  // The scale into the log2 domain (scale * log2 e) rides in the exponent's FMA, exp2(s·f - max),
+  // which needs f > 0 (a max of the raw scores is then the max of the scaled ones, and a hidden
+  // -inf never meets f = 0). A zero or negative scale is applied to S first and f = 1.
+  float exp_factor;
+  bool scale_scores;
+  float score_scale;
 };
 
 template <int DQK, int DV>
@@ -266,28 +276,22 @@ __global__ void __launch_bounds__(128, 2) attention_forward_bf16_kernel(const Fo
     const uint32_t k_addr = s_k_addr + uint32_t(stage * C::kKElems) * 2;
     const uint32_t v_addr = s_v_addr + uint32_t(stage * C::kVElems) * 2;
 
-    // The tile is processed in sub-tiles of kSubKeys keys (one online-softmax update each); with
-    // Dv = 128 two sub-tiles of 32 keep S at 32 registers so the 128 O registers fit unspilled.
-    // Not unrolled, so the register allocation covers one sub-tile.
-#pragma unroll 1
-    for (int sub = 0; sub < C::kKeys / C::kSubKeys; ++sub) {
-      const int cs = c0 + sub * C::kSubKeys;
-      // Skip a sub-tile hidden from all 32 rows of this warp (past the diagonal, or between the
-      // sink and the window): it would leave O, max and sum unchanged. Warp-uniform, no barrier.
-      const int warp_row_last = min(warp_row0 + 16 * C::kMTiles, a.T) - 1;
-      if (cs > warp_row_last ||
-          (a.window > 0 && cs >= a.sink && cs + C::kSubKeys - 1 < warp_row0 - a.window + 1))
-        continue;
-
+    // Skip a tile hidden from all 32 rows of this warp (past the diagonal, or between the sink and
+    // the window): it would leave O, max and sum unchanged. Warp-uniform; the barrier stays shared.
+    const int warp_row_last = min(warp_row0 + 16 * C::kMTiles, a.T) - 1;
+    const bool hidden_from_warp =
+        c0 > warp_row_last ||
+        (a.window > 0 && c0 >= a.sink && c0 + C::kKeys - 1 < warp_row0 - a.window + 1);
+    if (!hidden_from_warp) {
       // Stage "mask bits": whether each of this lane's (row, key) pairs is visible, one bit per
       // pair, computed before the S accumulators are live. Per row the visible keys are
       // [window_first, min(row, T - 1)] and [0, sink_end) with sink_end = min(sink, window_first)
       // (key_visible), compared as offsets from the lane's first column.
-      const bool masked = tile_needs_mask(warp_row0, warp_row0 + 16 * C::kMTiles - 1, cs,
-                                          cs + C::kSubKeys - 1, a.window, a.sink);
+      const bool masked = tile_needs_mask(warp_row0, warp_row0 + 16 * C::kMTiles - 1, c0,
+                                          c0 + C::kKeys - 1, a.window, a.sink);
       uint32_t visible[C::kMTiles];
       if (masked) {
-        const int base = cs + quad * 2;
+        const int base = c0 + quad * 2;
 #pragma unroll
         for (int mt = 0; mt < C::kMTiles; ++mt) {
           visible[mt] = 0;
@@ -298,25 +302,25 @@ __global__ void __launch_bounds__(128, 2) attention_forward_bf16_kernel(const Fo
             const int lo = window_first - base, hi = min(row, a.T - 1) - base;
             const int sink_end = (a.window > 0 ? min(a.sink, window_first) : 0) - base;
 #pragma unroll
-            for (int nt = 0; nt < C::kSubKeys / 8; ++nt)
+            for (int nt = 0; nt < C::kKeys / 8; ++nt)
 #pragma unroll
               for (int j = 0; j < 2; ++j) {
-                const int x = nt * 8 + j, bit = (hh * (C::kSubKeys / 8) + nt) * 2 + j;
+                const int x = nt * 8 + j, bit = (hh * (C::kKeys / 8) + nt) * 2 + j;
                 if ((x >= lo && x <= hi) || x < sink_end) visible[mt] |= 1u << bit;
               }
           }
         }
       }
 
-      // Stage "S = Q Kᵀ": 32 rows x kSubKeys keys per warp, fp32 accumulation.
-      float s[C::kMTiles][C::kSubKeys / 8][4];
+      // Stage "S = Q Kᵀ": 32 rows x kKeys keys per warp, fp32 accumulation.
+      float s[C::kMTiles][C::kKeys / 8][4];
 #pragma unroll
       for (int mt = 0; mt < C::kMTiles; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < C::kSubKeys / 8; ++nt)
+        for (int nt = 0; nt < C::kKeys / 8; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.0f;
-      const uint32_t k_sub = k_addr + uint32_t(k_frag + sub * C::kSubKeys * C::kQkStride) * 2;
+      const uint32_t k_frags = k_addr + uint32_t(k_frag) * 2;
 #pragma unroll(C::kSUnroll)
       for (int kk = 0; kk < C::kDqk / 16; ++kk) {
         uint32_t qa[C::kMTiles][4];
@@ -324,9 +328,9 @@ __global__ void __launch_bounds__(128, 2) attention_forward_bf16_kernel(const Fo
         for (int mt = 0; mt < C::kMTiles; ++mt)
           ldmatrix_x4(qa[mt], s_q_addr + uint32_t(q_frag + mt * 16 * C::kQkStride + kk * 16) * 2);
 #pragma unroll
-        for (int np = 0; np < C::kSubKeys / 16; ++np) {
+        for (int np = 0; np < C::kKeys / 16; ++np) {
           uint32_t kb[4];
-          ldmatrix_x4(kb, k_sub + uint32_t(np * 16 * C::kQkStride + kk * 16) * 2);
+          ldmatrix_x4(kb, k_frags + uint32_t(np * 16 * C::kQkStride + kk * 16) * 2);
 #pragma unroll
           for (int mt = 0; mt < C::kMTiles; ++mt) {
             mma_bf16(s[mt][2 * np], qa[mt], kb[0], kb[1]);
@@ -335,23 +339,26 @@ __global__ void __launch_bounds__(128, 2) attention_forward_bf16_kernel(const Fo
         }
       }
 
-      // Stage "mask": scale into the log2 domain; hidden pairs (causal, window, keys >= T) -> -inf.
+      // Stage "mask": hidden pairs (causal, window, keys >= T) -> -inf, after scaling S by a
+      // non-positive scale (ForwardArgs::exp_factor; warp-uniform).
+      if (a.scale_scores) {
 #pragma unroll
-      for (int mt = 0; mt < C::kMTiles; ++mt)
+        for (int mt = 0; mt < C::kMTiles; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < C::kSubKeys / 8; ++nt)
+          for (int nt = 0; nt < C::kKeys / 8; ++nt)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[mt][nt][e] *= a.scale_log2;
+            for (int e = 0; e < 4; ++e) s[mt][nt][e] *= a.score_scale;
+      }
       if (masked) {
 #pragma unroll
         for (int mt = 0; mt < C::kMTiles; ++mt)
 #pragma unroll
           for (int hh = 0; hh < 2; ++hh)
 #pragma unroll
-            for (int nt = 0; nt < C::kSubKeys / 8; ++nt)
+            for (int nt = 0; nt < C::kKeys / 8; ++nt)
 #pragma unroll
               for (int j = 0; j < 2; ++j) {
-                const int bit = (hh * (C::kSubKeys / 8) + nt) * 2 + j;
+                const int bit = (hh * (C::kKeys / 8) + nt) * 2 + j;
                 if (!((visible[mt] >> bit) & 1u)) s[mt][nt][2 * hh + j] = -INFINITY;
               }
       }
@@ -363,11 +370,11 @@ __global__ void __launch_bounds__(128, 2) attention_forward_bf16_kernel(const Fo
         for (int hh = 0; hh < 2; ++hh) {
           float tile_max = -INFINITY;
 #pragma unroll
-          for (int nt = 0; nt < C::kSubKeys / 8; ++nt)
+          for (int nt = 0; nt < C::kKeys / 8; ++nt)
             tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * hh], s[mt][nt][2 * hh + 1]));
           tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
           tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-          const float new_max = fmaxf(row_max[mt][hh], tile_max);
+          const float new_max = fmaxf(row_max[mt][hh], tile_max * a.exp_factor);
           // KERNELS.md section 7 guard: a row with nothing visible yet keeps max -inf; subtract
           // 0 so that (-inf) - (-inf) never appears.
           const float shift = new_max == -INFINITY ? 0.0f : new_max;
@@ -375,17 +382,16 @@ __global__ void __launch_bounds__(128, 2) attention_forward_bf16_kernel(const Fo
           row_max[mt][hh] = new_max;
           float tile_sum = 0.0f;
 #pragma unroll
-          for (int nt = 0; nt < C::kSubKeys / 8; ++nt) {
-            const float p0 = fast_exp2(s[mt][nt][2 * hh] - shift);
-            const float p1 = fast_exp2(s[mt][nt][2 * hh + 1] - shift);
+          for (int nt = 0; nt < C::kKeys / 8; ++nt) {
+            const float p0 = fast_exp2(fmaf(s[mt][nt][2 * hh], a.exp_factor, -shift));
+            const float p1 = fast_exp2(fmaf(s[mt][nt][2 * hh + 1], a.exp_factor, -shift));
             s[mt][nt][2 * hh] = p0;
             s[mt][nt][2 * hh + 1] = p1;
             tile_sum += p0 + p1;
           }
           row_sum[mt][hh] = row_sum[mt][hh] * alpha + tile_sum;  // this lane's columns only
-          // Rescale O only when some row of the warp got a new max: after the first tiles the max
-          // rarely moves, and the rescale is Dv / 4 multiplies per lane per row half.
-          if (__any_sync(0xffffffffu, alpha != 1.0f)) {
+          // After the first tiles the max rarely moves (kAlwaysRescale).
+          if (C::kAlwaysRescale || __any_sync(0xffffffffu, alpha != 1.0f)) {
 #pragma unroll
             for (int dn = 0; dn < C::kDv / 8; ++dn) {
               o[mt][dn][2 * hh] *= alpha;
@@ -396,9 +402,9 @@ __global__ void __launch_bounds__(128, 2) attention_forward_bf16_kernel(const Fo
 
       // Stage "O += P V": P (bf16, from the S accumulators) as the A operand, V via
       // ldmatrix.trans.
-      const uint32_t v_sub = v_addr + uint32_t(v_frag + sub * C::kSubKeys * C::kVStride) * 2;
+      const uint32_t v_frags = v_addr + uint32_t(v_frag) * 2;
 #pragma unroll
-      for (int kk = 0; kk < C::kSubKeys / 16; ++kk) {
+      for (int kk = 0; kk < C::kKeys / 16; ++kk) {
         uint32_t pa[C::kMTiles][4];
 #pragma unroll
         for (int mt = 0; mt < C::kMTiles; ++mt) {
@@ -410,7 +416,7 @@ __global__ void __launch_bounds__(128, 2) attention_forward_bf16_kernel(const Fo
 #pragma unroll
         for (int dp = 0; dp < C::kDv / 16; ++dp) {
           uint32_t vb[4];
-          ldmatrix_x4_trans(vb, v_sub + uint32_t(kk * 16 * C::kVStride + dp * 16) * 2);
+          ldmatrix_x4_trans(vb, v_frags + uint32_t(kk * 16 * C::kVStride + dp * 16) * 2);
 #pragma unroll
           for (int mt = 0; mt < C::kMTiles; ++mt) {
             mma_bf16(o[mt][2 * dp], pa[mt], vb[0], vb[1]);
@@ -1166,7 +1172,10 @@ void attention_forward(const void* q, const void* k, const void* v, void* out, f
   a.Hk = int(dims.kv_heads);
   a.group = int(dims.q_heads / dims.kv_heads);
   set_mask(a, dims, mask);
-  a.scale_log2 = scale * kLog2e;
+  const float scale_log2 = scale * kLog2e;
+  a.scale_scores = !(scale_log2 > 0.0f);
+  a.score_scale = scale_log2;
+  a.exp_factor = a.scale_scores ? 1.0f : scale_log2;
   dispatch_head_dims(dims.qk_dim, dims.v_dim, [&]<int DQK, int DV>() {
     using C = ForwardTile<DQK, DV>;
     auto kernel = attention_forward_bf16_kernel<DQK, DV>;
