@@ -109,21 +109,23 @@ class Runner {
     out_.dB = Tensor::empty(in.B.shape(), DType::f32, kGpu);
     out_.dC = Tensor::empty(in.C.shape(), DType::f32, kGpu);
     out_.dD = Tensor::empty({p.heads}, DType::f32, kGpu);
-    const size_t floats = std::max(kc::ssd_forward_workspace_floats(p),
-                                   kc::ssd_backward_workspace_floats(p, dtype));
-    workspace_ = Tensor::empty({int64_t(floats)}, DType::f32, kGpu);
+    forward_workspace_ =
+        Tensor::empty({int64_t(kc::ssd_forward_workspace_floats(p))}, DType::f32, kGpu);
+    backward_workspace_ =
+        Tensor::empty({int64_t(kc::ssd_backward_workspace_floats(p, dtype))}, DType::f32, kGpu);
   }
   void forward() {
     kc::ssd_forward(p_, in_.pointers(), out_.y.raw_data(), out_.final_state.data<float>(),
-                    workspace_.data<float>(), dtype_, nullptr);
+                    forward_workspace_.data<float>(), dtype_, nullptr);
   }
+  // Reads what the last forward() left in its workspace, as ops::ssd does.
   void backward() {
     const kc::SsdGrads grads{out_.dx.data<float>(),    out_.d_dt_raw.data<float>(),
                              out_.d_dt_bias.data<float>(), out_.d_A_log.data<float>(),
                              out_.dB.data<float>(),    out_.dC.data<float>(),
                              out_.dD.data<float>(),    nullptr};
-    kc::ssd_backward(p_, in_.pointers(), in_.dy.data<float>(), nullptr, grads,
-                     workspace_.data<float>(), dtype_, nullptr);
+    kc::ssd_backward(p_, in_.pointers(), forward_workspace_.data<float>(), in_.dy.data<float>(),
+                     nullptr, grads, backward_workspace_.data<float>(), dtype_, nullptr);
   }
   const Outputs& outputs() const { return out_; }
 
@@ -132,7 +134,7 @@ class Runner {
   Inputs in_;
   DType dtype_;
   Outputs out_;
-  Tensor workspace_;
+  Tensor forward_workspace_, backward_workspace_;
 };
 
 // Worst |got - want| / (|want| + rms(want)) over a tensor: bf16 roundings of the tiles and states

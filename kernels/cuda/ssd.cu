@@ -1,7 +1,7 @@
 // Mamba-2 SSD scan on CUDA (see ssd.h). Kernel order, KERNELS.md sections 3.2 and 4.1:
 //
 //   forward:  stats -> chunk_state -> state_pass -> chunk_scan (y)
-//   backward: stats -> chunk_state -> state_pass (S_in, recomputed) -> [dy to bf16 hi + lo] ->
+//   backward: (delta, cumsums and S_in from the forward's workspace) -> [dy to bf16 hi + lo] ->
 //             chunk_state on (dy, C) (dS_out) -> state_pass_back (dSloc, dLambda partials, dS_init)
 //             -> chunk_dx (dx, direct d delta, dD partials) -> chunk_db (dB, eta, Gamma column
 //             sums) -> chunk_dc (dC, kappa, Gamma row sums) -> combine (d dt_raw, per-chunk dA
@@ -265,6 +265,10 @@ __device__ __forceinline__ void warp_mma(float (&acc)[NT][4], const __nv_bfloat1
                                          int nt_lo, int nt_hi) {
   static_assert(NT % 2 == 0, "n8 tiles come in pairs");
   const int lane = threadIdx.x & 31, q = lane >> 3, row = lane & 7;
+  // Two k-steps at a time, so the fragment loads of one overlap the MMAs of the other: at two
+  // warps a scheduler these kernels stall mostly on ldmatrix results (Nsight Compute), and this
+  // took the 1b layer's forward + backward from 4.67 to 4.56 ms on an H200 (4 did not help).
+#pragma unroll 2
   for (int ks = k_lo; ks < k_hi; ++ks) {
     const int k0 = ks * 16;
     uint32_t af[4];
@@ -1405,11 +1409,12 @@ Layout make_layout(const SsdProblem& p, bool backward, DType dtype) {
   const size_t BH = size_t(p.batch * p.heads), NC = size_t(ceil_div(p.seq, p.chunk));
   const size_t per_chunk = BH * NC * size_t(p.chunk);
   const size_t states = BH * NC * size_t(p.head_dim * p.state);
-  l.delta = take(per_chunk);
-  l.hi = take(per_chunk);
-  l.lo = take(per_chunk);
-  l.states = take(states);
-  if (backward) {
+  if (!backward) {  // kept by the caller from the forward to the backward
+    l.delta = take(per_chunk);
+    l.hi = take(per_chunk);
+    l.lo = take(per_chunk);
+    l.states = take(states);
+  } else {
     l.dstates = take(states);
     const size_t activations = size_t(p.batch * p.seq * p.heads * p.head_dim);
     if (dtype == DType::bf16) {
@@ -1531,9 +1536,9 @@ void forward_impl(const SsdProblem& p, const SsdInputs& in, T* y, float* final_s
 }
 
 template <typename T>
-void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* dy,
-                   const float* d_final, const SsdGrads& grads, float* workspace, DType dtype,
-                   cudaStream_t stream) {
+void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* forward_workspace,
+                   const float* dy, const float* d_final, const SsdGrads& grads, float* workspace,
+                   DType dtype, cudaStream_t stream) {
   const Dims d = make_dims(p);
   const int BH = d.batch * d.heads;
   const int slices = pass_slices(p), tiles = chunk_tiles(p);
@@ -1550,17 +1555,16 @@ void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* dy,
     return;
   }
   if (BH == 0) return;
-  float* delta = workspace + l.delta;
-  float* hi = workspace + l.hi;
-  float* lo = workspace + l.lo;
-  float* states = workspace + l.states;
+  // delta, the cumsums and S_in as the forward left them.
+  const Layout kept = make_layout(p, false, DType::f32);
+  const float* delta = forward_workspace + kept.delta;
+  const float* hi = forward_workspace + kept.hi;
+  const float* lo = forward_workspace + kept.lo;
+  const float* states = forward_workspace + kept.states;
   float* dstates = workspace + l.dstates;
   const T* x = static_cast<const T*>(in.x);
   const T* Bm = static_cast<const T*>(in.B);
   const T* Cm = static_cast<const T*>(in.C);
-
-  // Recompute delta, the cumsums and S_in.
-  run_states<T>(d, in, workspace, l, nullptr, stream);
 
   // dy as a tile operand (T).
   // bf16: dy is split as hi + lo (kParts); dyt_lo is nullptr on the f32 path.
@@ -1685,12 +1689,13 @@ void ssd_forward(const SsdProblem& problem, const SsdInputs& in, void* y, float*
   });
 }
 
-void ssd_backward(const SsdProblem& problem, const SsdInputs& in, const float* dy,
-                  const float* d_final_state, const SsdGrads& grads, float* workspace, DType dtype,
-                  cudaStream_t stream) {
+void ssd_backward(const SsdProblem& problem, const SsdInputs& in, const float* forward_workspace,
+                  const float* dy, const float* d_final_state, const SsdGrads& grads,
+                  float* workspace, DType dtype, cudaStream_t stream) {
   ssd_check_problem(problem);
   dispatch_activation("ssd", dtype, [&]<typename T>() {
-    backward_impl<T>(problem, in, dy, d_final_state, grads, workspace, dtype, stream);
+    backward_impl<T>(problem, in, forward_workspace, dy, d_final_state, grads, workspace, dtype,
+                     stream);
   });
 }
 

@@ -68,7 +68,9 @@ Tensor cuda_workspace(size_t floats, Device device) {
 
 class SsdNode : public autograd::Node {
  public:
-  SsdNode(SsdTensors inputs, SsdProblem problem) : in_(std::move(inputs)), problem_(problem) {}
+  // forward_workspace: on CUDA, what ssd_forward left for the backward (kernels/cuda/ssd.h).
+  SsdNode(SsdTensors inputs, SsdProblem problem, Tensor forward_workspace = Tensor())
+      : in_(std::move(inputs)), problem_(problem), forward_workspace_(std::move(forward_workspace)) {}
   const char* name() const override { return "ssd"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
@@ -122,9 +124,9 @@ class SsdNode : public autograd::Node {
         grads.A_log.data<float>(), grads.B.data<float>(),      grads.C.data<float>(),
         grads.D.data<float>(),
         grads.initial_state.defined() ? grads.initial_state.data<float>() : nullptr};
-    kernels::cuda::ssd_backward(problem, cuda_inputs(in_), dy.data<float>(),
-                                d_final.defined() ? d_final.data<float>() : nullptr, out,
-                                workspace.data<float>(), in_.x.dtype(), compute_stream());
+    kernels::cuda::ssd_backward(problem, cuda_inputs(in_), forward_workspace_.data<float>(),
+                                dy.data<float>(), d_final.defined() ? d_final.data<float>() : nullptr,
+                                out, workspace.data<float>(), in_.x.dtype(), compute_stream());
     return {grads.x, grads.dt_raw, grads.dt_bias, grads.A_log,
             grads.B, grads.C,      grads.D,       grads.initial_state};
   }
@@ -132,6 +134,7 @@ class SsdNode : public autograd::Node {
 
   SsdTensors in_;
   SsdProblem problem_;
+  Tensor forward_workspace_;
 };
 
 // `tensor` must have shape `expected`, which follows from `source`'s shape.
@@ -210,7 +213,7 @@ SsdOutputs ssd(const autograd::Var& x, const autograd::Var& dt_raw, const autogr
     kernels::cuda::ssd_forward(cp, cuda_inputs(in), y.raw_data(), final_state.data<float>(),
                                workspace.data<float>(), xv.dtype(), compute_stream());
     std::vector<autograd::Var> outputs =
-        autograd::record(std::make_shared<SsdNode>(std::move(in), problem),
+        autograd::record(std::make_shared<SsdNode>(std::move(in), problem, std::move(workspace)),
                          {x, dt_raw, dt_bias, A_log, B, C, D, initial_state}, {y, final_state});
     return {outputs[0], outputs[1]};
   }
