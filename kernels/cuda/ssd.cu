@@ -209,11 +209,12 @@ __device__ __forceinline__ float bf16_residual(float v) {
 }
 
 // Synchronous copy with conversion S -> T and an optional per-row scale (shared, indexed by r):
-// dst[r][c] = T(src[r][c] * scale[r]), zeros past valid_rows. cols a multiple of 16. With
-// part = 1 (bf16 only) it stores the residual v - bf16(v) instead: the lo part of the split.
+// dst[r][c] = T(src[r][c] * scale[r]), zeros past valid_rows. cols a multiple of 16. With dst_lo
+// (bf16 only; same ld) it also stores the residual v - bf16(v) there: both parts of the split
+// from one read of src.
 template <typename T, typename S>
 __device__ void load_tile(T* dst, int ld, const S* src, int64_t src_ld, int rows, int valid_rows,
-                          int cols, const float* row_scale, int part = 0) {
+                          int cols, const float* row_scale, T* dst_lo = nullptr) {
   constexpr int kVec = 16 / int(sizeof(S));
   const int per_row = cols / kVec;
   for (int index = threadIdx.x; index < rows * per_row; index += blockDim.x) {
@@ -226,15 +227,18 @@ __device__ void load_tile(T* dst, int ld, const S* src, int64_t src_ld, int rows
 #pragma unroll
         for (int k = 0; k < kVec; ++k) values[k] *= scale;
       }
-      if (!kIsF32<T> && part == 1) {
-#pragma unroll
-        for (int k = 0; k < kVec; ++k) values[k] = bf16_residual(values[k]);
-      }
     } else {
 #pragma unroll
       for (int k = 0; k < kVec; ++k) values[k] = 0.0f;
     }
     store_vec(dst + r * ld + v, values);
+    if constexpr (!kIsF32<T>) {
+      if (dst_lo) {
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) values[k] = bf16_residual(values[k]);
+        store_vec(dst_lo + r * ld + v, values);
+      }
+    }
   }
 }
 
@@ -529,8 +533,11 @@ __global__ void __launch_bounds__(512)
   float* s_hi = s_delta + d.qpad;
   float* s_lo = s_hi + d.qpad;
   float* s_w = s_lo + d.qpad;  // qpad weights (this kernel's statistics block holds 4 arrays)
+  // Operand tiles (chunk_state_smem): X, X_lo when given, w·Y and, on bf16, its lo part.
   T* Xs = reinterpret_cast<T*>(smem + stats_bytes(d.qpad) + d.qpad * 4);
-  T* Ys = Xs + kTile * ldP;
+  T* Xs_lo = X_lo ? Xs + kTile * ldP : nullptr;
+  T* Ys = Xs + (X_lo ? 2 : 1) * kTile * ldP;
+  T* Ys_lo = kParts<T> == 2 ? Ys + kTile * ld64 : nullptr;
 
   const int64_t chunk_at = (int64_t(bh) * d.chunks + c) * Q;
   load_stats(d, delta, hi, lo, chunk_at, s_delta, s_hi, s_lo);
@@ -544,25 +551,25 @@ __global__ void __launch_bounds__(512)
   const int64_t t0 = int64_t(c) * Q;
   float acc[8][4] = {};
   // bf16: w Y is not exact, so it goes in as hi + lo; X = dy (backward) is not exact either and
-  // its lo part X_lo meets (w Y)_hi (the lo·lo term is below fp32 accumulation noise). Steps:
-  // (X, wY_hi), (X, wY_lo), then (X_lo, wY_hi) when X_lo is given.
-  const int steps = kIsF32<T> ? 1 : (X_lo ? 3 : 2);
+  // its lo part X_lo meets (w Y)_hi (the lo·lo term is below fp32 accumulation noise). Each
+  // 64-row tile is read once; its products: (X, wY_hi), (X, wY_lo), then (X_lo, wY_hi).
   for (int k0 = 0; k0 < length; k0 += kTile) {
     const int rows = min(kTile, length - k0);
-    for (int step = 0; step < steps; ++step) {
-      if (k0 > 0 || step > 0) __syncthreads();  // the previous step's tiles are consumed
-      if (step != 1) {
-        cp_async_tile(Xs, ldP, (step == 2 ? X_lo : X) + at.x_base + (t0 + k0) * at.x_row, at.x_row,
-                      kTile, rows, P);
-        cp_async_commit();
-      }
-      load_tile(Ys, ld64, Y + at.bc_base + (t0 + k0) * at.bc_row + n0, at.bc_row, kTile, rows,
-                width, s_w + k0, step == 1 ? 1 : 0);
-      cp_async_wait<0>();
-      __syncthreads();
-      // out (P x 64) += X_kᵀ (A stored [j][p]) · (w Y)_k (B stored [j][n])
-      warp_mma<true, false>(acc, Xs + warp * 16, ldP, Ys, ld64, 0, kTile / 16, 0, width / 8);
-    }
+    if (k0 > 0) __syncthreads();  // the previous tile's operands are consumed
+    cp_async_tile(Xs, ldP, X + at.x_base + (t0 + k0) * at.x_row, at.x_row, kTile, rows, P);
+    if (Xs_lo)
+      cp_async_tile(Xs_lo, ldP, X_lo + at.x_base + (t0 + k0) * at.x_row, at.x_row, kTile, rows, P);
+    cp_async_commit();
+    load_tile(Ys, ld64, Y + at.bc_base + (t0 + k0) * at.bc_row + n0, at.bc_row, kTile, rows, width,
+              s_w + k0, Ys_lo);
+    cp_async_wait<0>();
+    __syncthreads();
+    // out (P x 64) += X_kᵀ (A stored [j][p]) · (w Y)_k (B stored [j][n])
+    warp_mma<true, false>(acc, Xs + warp * 16, ldP, Ys, ld64, 0, kTile / 16, 0, width / 8);
+    if (Ys_lo)
+      warp_mma<true, false>(acc, Xs + warp * 16, ldP, Ys_lo, ld64, 0, kTile / 16, 0, width / 8);
+    if (Xs_lo)
+      warp_mma<true, false>(acc, Xs_lo + warp * 16, ldP, Ys, ld64, 0, kTile / 16, 0, width / 8);
   }
 
   float* dst = out + (int64_t(bh) * d.chunks + c) * P * N;
@@ -651,8 +658,9 @@ __global__ void __launch_bounds__(kPassThreads)
 // ------------------------------------------------------------------------------------------------
 // Shared-memory plan of the tile kernels (host and device agree on it):
 //   statistics | own tiles (own0, own1, optional own2) | stages x walked tiles (walk0, walk1,
-//   optional walk2) where the state slab used before the walk aliases the stage area | f32:
-//   per-warp scratch. The optional tiles hold dY's lo part on the bf16 path; absent on f32.
+//   optional walk2) where the state slab used before the walk (bf16: its hi and lo parts) aliases
+//   the stage area | f32: per-warp scratch. The optional tiles hold dY's lo part on the bf16 path;
+//   absent on f32.
 // ------------------------------------------------------------------------------------------------
 
 struct TilePlan {
@@ -680,7 +688,7 @@ __host__ __device__ inline int64_t plan_bytes(const TilePlan& plan, int qpad) {
   const int64_t walk = int64_t(plan.stages) * (tile_elems<T>(plan.walk0) +
                                                tile_elems<T>(plan.walk1) +
                                                opt_tile_elems<T>(plan.walk2));
-  const int64_t slab = int64_t(plan.slab_rows) * (plan.slab_cols + kPad<T>);
+  const int64_t slab = int64_t(kParts<T>) * plan.slab_rows * (plan.slab_cols + kPad<T>);
   return stats_bytes(qpad) + (own + (walk > slab ? walk : slab)) * int64_t(sizeof(T)) +
          int64_t(4) * kRegStageFloats<T> * 4;
 }
@@ -690,6 +698,7 @@ template <typename T>
 struct TileSmem {
   float *delta, *hi, *lo, *scratch, *reg_stage;
   T *own0, *own1, *own2, *area, *slab;  // own2: nullptr when the plan has none
+  T* slab_lo;                            // the state slab's lo part (kParts); nullptr on f32
   int ld_own0, ld_own1, ld_own2, ld_walk0, ld_walk1, ld_walk2, ld_slab;
   int64_t stage_elems;
 
@@ -710,10 +719,11 @@ struct TileSmem {
     own2 = plan.own2 > 0 ? own1 + tile_elems<T>(plan.own1) : nullptr;
     area = own1 + tile_elems<T>(plan.own1) + opt_tile_elems<T>(plan.own2);
     slab = area;
+    slab_lo = kParts<T> == 2 ? slab + plan.slab_rows * ld_slab : nullptr;
     stage_elems = tile_elems<T>(plan.walk0) + tile_elems<T>(plan.walk1) +
                   opt_tile_elems<T>(plan.walk2);
     const int64_t walk = plan.stages * stage_elems;
-    const int64_t slab_elems = int64_t(plan.slab_rows) * ld_slab;
+    const int64_t slab_elems = int64_t(kParts<T>) * plan.slab_rows * ld_slab;
     reg_stage = reinterpret_cast<float*>(area + (walk > slab_elems ? walk : slab_elems));
   }
   __device__ T* walk0(int stage) const { return area + stage * stage_elems; }
@@ -779,17 +789,16 @@ __global__ void __launch_bounds__(kTileThreads)
   if (c > 0 || has_initial) {
     const float* S = states + (int64_t(bh) * d.chunks + c) * P * N;
     // The fp32 state goes in as hi + lo slabs on the bf16 path (kParts).
-    for (int n0 = 0; n0 < N; n0 += kTile)
-    for (int part = 0; part < kParts<T>; ++part) {
+    for (int n0 = 0; n0 < N; n0 += kTile) {
       const int width = min(kTile, N - n0);
-      if (n0 > 0 || part > 0) __syncthreads();  // the previous slab is consumed
+      if (n0 > 0) __syncthreads();  // the previous slabs are consumed
       load_tile(sm.slab, sm.ld_slab, S + n0, N, P, P, width, static_cast<const float*>(nullptr),
-                part);
+                sm.slab_lo);
       __syncthreads();
       // A = C_R (stored [i][n]), B(n, p) = S_in[p][n] (stored [p][n])
-      if (active)
-        warp_mma<false, true>(acc, sm.own0 + wrow * sm.ld_own0 + n0, sm.ld_own0, sm.slab,
-                              sm.ld_slab, 0, width / 16, 0, P / 8);
+      for (int part = 0; part < kParts<T> && active; ++part)
+        warp_mma<false, true>(acc, sm.own0 + wrow * sm.ld_own0 + n0, sm.ld_own0,
+                              part ? sm.slab_lo : sm.slab, sm.ld_slab, 0, width / 16, 0, P / 8);
     }
     const int i0 = r0 + wrow + g;
     scale_rows(acc, exp_neg<T>(sm.hi[i0] + sm.lo[i0]), exp_neg<T>(sm.hi[i0 + 8] + sm.lo[i0 + 8]));
@@ -895,17 +904,16 @@ __global__ void __launch_bounds__(kTileThreads)
   if (!(no_final && c == d.chunks - 1)) {
     const float* G = dstates + (int64_t(bh) * d.chunks + c) * P * N;
     // The fp32 state gradient goes in as hi + lo slabs on the bf16 path (kParts).
-    for (int n0 = 0; n0 < N; n0 += kTile)
-    for (int part = 0; part < kParts<T>; ++part) {
+    for (int n0 = 0; n0 < N; n0 += kTile) {
       const int width = min(kTile, N - n0);
-      if (n0 > 0 || part > 0) __syncthreads();
+      if (n0 > 0) __syncthreads();
       load_tile(sm.slab, sm.ld_slab, G + n0, N, P, P, width, static_cast<const float*>(nullptr),
-                part);
+                sm.slab_lo);
       __syncthreads();
       // A = B_J (stored [j][n]), B(n, p) = dSloc[p][n] (stored [p][n])
-      if (active)
-        warp_mma<false, true>(acc, sm.own0 + wrow * sm.ld_own0 + n0, sm.ld_own0, sm.slab,
-                              sm.ld_slab, 0, width / 16, 0, P / 8);
+      for (int part = 0; part < kParts<T> && active; ++part)
+        warp_mma<false, true>(acc, sm.own0 + wrow * sm.ld_own0 + n0, sm.ld_own0,
+                              part ? sm.slab_lo : sm.slab, sm.ld_slab, 0, width / 16, 0, P / 8);
     }
     const int j = j0 + wrow + g;
     scale_rows(acc, exp_neg<T>(seg(sm.hi, sm.lo, Q - 1, j)),
@@ -1034,17 +1042,16 @@ __global__ void __launch_bounds__(kTileThreads)
   if (!(no_final && c == d.chunks - 1)) {
     const float* G = dstates + (int64_t(bh) * d.chunks + c) * P * N;
     // The fp32 state gradient goes in as hi + lo slabs on the bf16 path (kParts).
-    for (int p0 = 0; p0 < P; p0 += kTile)
-    for (int part = 0; part < kParts<T>; ++part) {
+    for (int p0 = 0; p0 < P; p0 += kTile) {
       const int rows = min(kTile, P - p0);
-      if (p0 > 0 || part > 0) __syncthreads();
+      if (p0 > 0) __syncthreads();
       load_tile(sm.slab, sm.ld_slab, G + int64_t(p0) * N, N, rows, rows, N,
-                static_cast<const float*>(nullptr), part);
+                static_cast<const float*>(nullptr), sm.slab_lo);
       __syncthreads();
       // A = x_J (stored [j][p]), B(p, n) = dSloc[p][n] (stored [p][n])
-      if (active)
-        warp_mma<false, false>(acc, xJ + wrow * sm.ld_own0 + p0, sm.ld_own0, sm.slab, sm.ld_slab,
-                               0, rows / 16, 0, N / 8);
+      for (int part = 0; part < kParts<T> && active; ++part)
+        warp_mma<false, false>(acc, xJ + wrow * sm.ld_own0 + p0, sm.ld_own0,
+                               part ? sm.slab_lo : sm.slab, sm.ld_slab, 0, rows / 16, 0, N / 8);
     }
     const int j = j0 + wrow + g;
     scale_rows(acc, sm.delta[j] * exp_neg<T>(seg(sm.hi, sm.lo, Q - 1, j)),
@@ -1178,22 +1185,24 @@ __global__ void __launch_bounds__(kTileThreads)
   if (c > 0 || has_initial) {
     const float* S = states + (int64_t(bh) * d.chunks + c) * P * N;
     // The fp32 state goes in as hi + lo slabs on the bf16 path (kParts).
-    for (int p0 = 0; p0 < P; p0 += kTile)
-    for (int part = 0; part < kParts<T>; ++part) {
+    for (int p0 = 0; p0 < P; p0 += kTile) {
       const int rows = min(kTile, P - p0);
-      if (p0 > 0 || part > 0) __syncthreads();
+      if (p0 > 0) __syncthreads();
       load_tile(sm.slab, sm.ld_slab, S + int64_t(p0) * N, N, rows, rows, N,
-                static_cast<const float*>(nullptr), part);
+                static_cast<const float*>(nullptr), sm.slab_lo);
       __syncthreads();
       // A = dY_R (stored [i][p]), B(p, n) = S_in[p][n] (stored [p][n])
       if (active) {
         warp_mma<false, false>(acc, dyR + wrow * sm.ld_own0 + p0, sm.ld_own0, sm.slab, sm.ld_slab,
                                0, rows / 16, 0, N / 8);
-        // bf16: dY_R's lo part meets S_in's hi part (the lo·lo term is below fp32 noise).
-        if constexpr (kParts<T> == 2)
-          if (part == 0)
-            warp_mma<false, false>(acc, dyR_lo + wrow * sm.ld_own2 + p0, sm.ld_own2, sm.slab,
-                                   sm.ld_slab, 0, rows / 16, 0, N / 8);
+        // bf16: dY_R's lo part meets S_in's hi part (the lo·lo term is below fp32 noise), then
+        // dY_R meets S_in's lo part.
+        if constexpr (kParts<T> == 2) {
+          warp_mma<false, false>(acc, dyR_lo + wrow * sm.ld_own2 + p0, sm.ld_own2, sm.slab,
+                                 sm.ld_slab, 0, rows / 16, 0, N / 8);
+          warp_mma<false, false>(acc, dyR + wrow * sm.ld_own0 + p0, sm.ld_own0, sm.slab_lo,
+                                 sm.ld_slab, 0, rows / 16, 0, N / 8);
+        }
       }
     }
     const int i = r0 + wrow + g;
@@ -1458,6 +1467,15 @@ TilePlan choose_plan(TilePlan (*make)(const Dims&, int), const Dims& d, const ch
   return plan;
 }
 
+// Shared memory of ssd_chunk_state_kernel: statistics and weights, then its operand tiles.
+template <typename T>
+int64_t chunk_state_smem(const Dims& d, bool with_x_lo) {
+  return stats_bytes(d.qpad) + int64_t(d.qpad) * 4 +
+         (int64_t(with_x_lo ? 2 : 1) * tile_elems<T>(d.head_dim) +
+          int64_t(kParts<T>) * tile_elems<T>(kTile)) *
+             int64_t(sizeof(T));
+}
+
 template <typename Kernel>
 void set_smem(Kernel kernel, int64_t bytes) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
@@ -1491,8 +1509,7 @@ void run_states(const Dims& d, const SsdInputs& in, float* workspace, const Layo
   CUDA_CHECK_LAST_LAUNCH();
 
   const int state_threads = 2 * d.head_dim;  // one warp per 16 rows of P
-  const int64_t state_smem = stats_bytes(d.qpad) + int64_t(d.qpad) * 4 +
-                             int64_t(tile_elems<T>(d.head_dim) + tile_elems<T>(kTile)) * sizeof(T);
+  const int64_t state_smem = chunk_state_smem<T>(d, false);
   set_smem(ssd_chunk_state_kernel<T>, state_smem);
   ssd_chunk_state_kernel<T>
       <<<dim3(unsigned(ceil_div(d.state, kTile)), d.chunks, BH), state_threads, state_smem,
@@ -1584,8 +1601,7 @@ void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* forwar
   }
 
   // dS_out[c] = sum_i e^(s_i) dy_i ⊗ C_i, then the reverse state passing.
-  const int64_t state_smem = stats_bytes(d.qpad) + int64_t(d.qpad) * 4 +
-                             int64_t(tile_elems<T>(d.head_dim) + tile_elems<T>(kTile)) * sizeof(T);
+  const int64_t state_smem = chunk_state_smem<T>(d, dyt_lo != nullptr);
   set_smem(ssd_chunk_state_kernel<T>, state_smem);
   ssd_chunk_state_kernel<T>
       <<<dim3(unsigned(ceil_div(d.state, kTile)), d.chunks, BH), 2 * d.head_dim, state_smem,
