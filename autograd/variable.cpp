@@ -16,7 +16,9 @@ Var leaf(Tensor value, bool requires_grad, std::string name) {
   return variable;
 }
 
-DType grad_dtype(DType value_dtype) { return value_dtype == DType::f64 ? DType::f64 : DType::f32; }
+DType grad_dtype(DType value_dtype) {
+  return value_dtype == DType::f64 || value_dtype == DType::bf16 ? value_dtype : DType::f32;
+}
 
 namespace {
 
@@ -35,7 +37,8 @@ void accumulate_grad(Variable& variable, const Tensor& delta, bool adopt) {
   BRAID_CHECK(delta.shape() == variable.value.shape(), "gradient of shape ", shape_str(delta.shape()),
               " for a variable of shape ", shape_str(variable.value.shape()),
               variable.name.empty() ? "" : " (", variable.name, variable.name.empty() ? "" : ")");
-  const DType dtype = grad_dtype(variable.value.dtype());
+  DType dtype = grad_dtype(variable.value.dtype());
+  if (dtype == DType::bf16 && delta.dtype() == DType::f32) dtype = DType::f32;  // see the header
   if (!variable.grad.defined()) {
     if (adopt && delta.dtype() == dtype && delta.is_contiguous()) {
       variable.grad = delta;
@@ -47,17 +50,19 @@ void accumulate_grad(Variable& variable, const Tensor& delta, bool adopt) {
   }
   BRAID_CHECK(delta.device() == variable.grad.device(), "gradient on ", delta.device().to_string(),
               " for a gradient held on ", variable.grad.device().to_string());
-  const Tensor addend = delta.to(dtype).contiguous();
 #ifdef BRAID_CUDA
-  if (variable.grad.device().is_cuda()) {
+  if (variable.grad.device().is_cuda()) {  // mixed dtypes summed in fp32, stored in the gradient's
+    const Tensor addend = delta.contiguous();
+    const DType total = variable.grad.dtype();
     cuda_set_device(variable.grad.device().index);
-    kernels::cuda::binary(kernels::cuda::BinaryOp::add, variable.grad.raw_data(), dtype,
-                          addend.raw_data(), dtype, variable.grad.raw_data(), dtype,
+    kernels::cuda::binary(kernels::cuda::BinaryOp::add, variable.grad.raw_data(), total,
+                          addend.raw_data(), addend.dtype(), variable.grad.raw_data(), total,
                           variable.grad.numel(), compute_stream());
     return;
   }
 #endif
-  if (dtype == DType::f64) add_into<double>(variable.grad, addend);
+  const Tensor addend = delta.to(variable.grad.dtype()).contiguous();
+  if (variable.grad.dtype() == DType::f64) add_into<double>(variable.grad, addend);
   else add_into<float>(variable.grad, addend);
 }
 

@@ -1,7 +1,8 @@
 // Bandwidth of the small memory-bound kernels at the 1B presets' shapes (one 8K row, bf16
-// activations, f32 parameters and gradients): the causal depthwise conv1d + SiLU of the Mamba
-// layers (forward; backward with its weight/bias reduction), RoPE on the query and key heads
-// (forward on bf16; backward on f32 gradients), and the embedding gather and its table gradient.
+// activations, f32 parameters and parameter gradients): the causal depthwise conv1d + SiLU of the
+// Mamba layers (forward; backward on bf16 gradients, with its weight/bias reduction), RoPE on the
+// query and key heads (forward on bf16; backward on f32 gradients), and the embedding gather and
+// its table gradient.
 // Prints one JSON object per line: bench, shape, ms, gbps (bytes the kernel must move: each input
 // read once, each output written once, over the time).
 #include <cuda_runtime.h>
@@ -99,8 +100,8 @@ int main() {
       });
       report(card, "conv1d_silu forward bf16", s.name, forward_ms, elements * (2 + 2));
 
-      Tensor d_out = normal(activations, DType::f32, 4);
-      Tensor d_x = Tensor::empty(activations, DType::f32, Device::cuda(0));
+      Tensor d_out = normal(activations, DType::bf16, 4);
+      Tensor d_x = Tensor::empty(activations, DType::bf16, Device::cuda(0));
       Tensor d_weight = Tensor::empty({s.channels, s.width}, DType::f32, Device::cuda(0));
       Tensor d_bias = Tensor::empty({s.channels}, DType::f32, Device::cuda(0));
       Tensor workspace = Tensor::empty(
@@ -109,13 +110,13 @@ int main() {
           DType::f32, Device::cuda(0));
       const double backward_ms = time_ms([&] {
         kernels::cuda::causal_conv1d_backward(
-            x.raw_data(), weight.data<float>(), bias.data<float>(), nullptr, d_out.data<float>(),
-            nullptr, d_x.data<float>(), d_weight.data<float>(), d_bias.data<float>(), nullptr,
+            x.raw_data(), weight.data<float>(), bias.data<float>(), nullptr, d_out.raw_data(),
+            nullptr, d_x.raw_data(), d_weight.data<float>(), d_bias.data<float>(), nullptr,
             workspace.data<float>(), s.batch, s.length, s.channels, s.width, true, DType::bf16,
             stream);
       });
-      // x (bf16) and d_out (f32) read, d_x (f32) written.
-      report(card, "conv1d_silu backward bf16", s.name, backward_ms, elements * (2 + 4 + 4));
+      // x and d_out read, d_x written (bf16).
+      report(card, "conv1d_silu backward bf16", s.name, backward_ms, elements * (2 + 2 + 2));
     }
 
     for (const RopeShape& s : kRopeShapes) {

@@ -1,9 +1,9 @@
 // `make bench` (norm part): times the memory-bound norm and gate kernels at the 1B presets' training
-// shapes (8192 tokens, bf16 activations, f32 parameters and gradients) and prints one JSON object
-// per kernel with its effective bandwidth: bytes the op must read and write (inputs, outputs,
-// parameters, statistics; not its scratch) over the time. A timed 1 GiB device-to-device copy,
-// printed first as {"bench": "copy"}, is the card's practical peak they compare against
-// ("of_copy").
+// shapes (8192 tokens, bf16 activations and their gradients, f32 parameters and theirs) and prints
+// one JSON object per kernel with its effective bandwidth: bytes the op must read and write
+// (inputs, outputs, parameters, statistics; not its scratch) over the time. A timed 1 GiB
+// device-to-device copy, printed first as {"bench": "copy"}, is the card's practical peak they
+// compare against ("of_copy").
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -73,17 +73,18 @@ int main() {
       const double n = double(rows * dim), stats = double(rows) * 4, params = double(dim) * 4;
       const std::string shape = "8192x2048 bf16";
       Tensor x = normal({rows, dim}, bf16, 1), residual = normal({rows, dim}, bf16, 2);
-      Tensor weight = normal({dim}, f32, 3), d_out = normal({rows, dim}, f32, 4);
-      Tensor d_direct = normal({rows, dim}, f32, 5);
+      Tensor weight = normal({dim}, f32, 3), d_out = normal({rows, dim}, bf16, 4);
+      Tensor d_direct = normal({rows, dim}, bf16, 5);
       Tensor y = empty({rows, dim}, bf16), sum = empty({rows, dim}, bf16), rstd = empty({rows}, f32);
-      Tensor d_x = empty({rows, dim}, f32), d_z = empty({rows, dim}, f32), d_weight = empty({dim}, f32);
+      Tensor d_x = empty({rows, dim}, bf16), d_z = empty({rows, dim}, bf16);
+      Tensor d_weight = empty({dim}, f32);
       const size_t workspace_floats =
           std::max(kernels::cuda::rmsnorm_workspace_floats(rows, dim, bf16),
                    kernels::cuda::gated_rmsnorm_workspace_floats(rows, 1, dim, bf16));
       Tensor workspace = empty({int64_t(workspace_floats)}, f32);
       const float eps = 1e-5f;
 
-      // rmsnorm: read x, write y (bf16); backward: read x (bf16), d_y, write d_x (f32).
+      // rmsnorm: read x, write y; backward: read x, d_y, write d_x (all bf16) and d_weight (f32).
       double ms = time_ms([&] {
         kernels::cuda::rmsnorm_forward(x.raw_data(), weight.data<float>(), y.raw_data(),
                                        rstd.data<float>(), rows, dim, eps, bf16, stream);
@@ -91,11 +92,11 @@ int main() {
       report(card, "rmsnorm_fwd", shape, ms, n * (2 + 2) + params + stats, copy_gbps);
       ms = time_ms([&] {
         kernels::cuda::rmsnorm_backward(x.raw_data(), weight.data<float>(), rstd.data<float>(),
-                                        d_out.data<float>(), nullptr, d_x.data<float>(),
+                                        d_out.raw_data(), nullptr, d_x.raw_data(),
                                         d_weight.data<float>(), rows, dim, bf16,
                                         workspace.data<float>(), stream);
       });
-      report(card, "rmsnorm_bwd", shape, ms, n * (2 + 4 + 4) + 2 * params + stats, copy_gbps);
+      report(card, "rmsnorm_bwd", shape, ms, n * (2 + 2 + 2) + 2 * params + stats, copy_gbps);
 
       // add_rmsnorm: read x, residual, write sum, y; backward adds the read of d_sum.
       ms = time_ms([&] {
@@ -106,11 +107,12 @@ int main() {
       report(card, "add_rmsnorm_fwd", shape, ms, n * (2 + 2 + 2 + 2) + params + stats, copy_gbps);
       ms = time_ms([&] {
         kernels::cuda::rmsnorm_backward(sum.raw_data(), weight.data<float>(), rstd.data<float>(),
-                                        d_out.data<float>(), d_direct.data<float>(),
-                                        d_x.data<float>(), d_weight.data<float>(), rows, dim, bf16,
+                                        d_out.raw_data(), d_direct.raw_data(), d_x.raw_data(),
+                                        d_weight.data<float>(), rows, dim, bf16,
                                         workspace.data<float>(), stream);
       });
-      report(card, "add_rmsnorm_bwd", shape, ms, n * (2 + 4 + 4 + 4) + 2 * params + stats, copy_gbps);
+      report(card, "add_rmsnorm_bwd", shape, ms, n * (2 + 2 + 2 + 2) + 2 * params + stats,
+             copy_gbps);
 
       // gated_rmsnorm, one group: read y, z, write out; backward: read y, z, d_out, write d_y, d_z.
       ms = time_ms([&] {
@@ -121,35 +123,33 @@ int main() {
       report(card, "gated_rmsnorm_fwd", shape, ms, n * (2 + 2 + 2) + params + stats, copy_gbps);
       ms = time_ms([&] {
         kernels::cuda::gated_rmsnorm_backward(x.raw_data(), residual.raw_data(), weight.data<float>(),
-                                              rstd.data<float>(), d_out.data<float>(),
-                                              d_x.data<float>(), d_z.data<float>(),
-                                              d_weight.data<float>(), rows, 1, dim, bf16,
-                                              workspace.data<float>(), stream);
+                                              rstd.data<float>(), d_out.raw_data(), d_x.raw_data(),
+                                              d_z.raw_data(), d_weight.data<float>(), rows, 1, dim,
+                                              bf16, workspace.data<float>(), stream);
       });
-      report(card, "gated_rmsnorm_bwd", shape, ms, n * (2 + 2 + 4 + 4 + 4) + 2 * params + stats,
+      report(card, "gated_rmsnorm_bwd", shape, ms, n * (2 + 2 + 2 + 2 + 2) + 2 * params + stats,
              copy_gbps);
     }
 
-    // swiglu: read gate, up, write out (bf16); backward: read gate, up (bf16), d_out, write
-    // d_gate, d_up (f32).
+    // swiglu: read gate, up, write out; backward: read gate, up, d_out, write d_gate, d_up (all
+    // bf16).
     for (const int64_t width : {int64_t(2048), int64_t(8192)}) {
       const int64_t rows = 8192, count = rows * width;
       const double n = double(count);
       const std::string shape = "8192x" + std::to_string(width) + " bf16";
       Tensor gate = normal({count}, bf16, 10), up = normal({count}, bf16, 11);
-      Tensor d_out = normal({count}, f32, 12);
-      Tensor out = empty({count}, bf16), d_gate = empty({count}, f32), d_up = empty({count}, f32);
+      Tensor d_out = normal({count}, bf16, 12);
+      Tensor out = empty({count}, bf16), d_gate = empty({count}, bf16), d_up = empty({count}, bf16);
       double ms = time_ms([&] {
         kernels::cuda::swiglu_forward(gate.raw_data(), up.raw_data(), out.raw_data(), count, bf16,
                                       stream);
       });
       report(card, "swiglu_fwd", shape, ms, n * (2 + 2 + 2), copy_gbps);
       ms = time_ms([&] {
-        kernels::cuda::swiglu_backward(gate.raw_data(), up.raw_data(), d_out.data<float>(),
-                                       d_gate.data<float>(), d_up.data<float>(), count, bf16,
-                                       stream);
+        kernels::cuda::swiglu_backward(gate.raw_data(), up.raw_data(), d_out.raw_data(),
+                                       d_gate.raw_data(), d_up.raw_data(), count, bf16, stream);
       });
-      report(card, "swiglu_bwd", shape, ms, n * (2 + 2 + 4 + 4 + 4), copy_gbps);
+      report(card, "swiglu_bwd", shape, ms, n * (2 + 2 + 2 + 2 + 2), copy_gbps);
     }
     CUDA_CHECK(cudaDeviceSynchronize());
     return 0;

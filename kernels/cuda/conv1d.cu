@@ -124,13 +124,14 @@ __global__ void __launch_bounds__(kLanes * kForwardRows)
 // c0 .. c0+VEC-1 and writes d_x for the kSteps steps q from s0; it walks t = s0 .. s0+kSteps+W-2,
 // recomputing g[t] (which needs x from s0-(W-1)), because d_x[q] reads g[q .. q+W-1]. Each block
 // writes its (W+1) sums per channel (taps, then bias) to row blockIdx.z * gridDim.y + blockIdx.y
-// of `partials` (rows of C * (W+1) floats).
+// of `partials` (rows of C * (W+1) floats). The activation gradients (d_out, d_final_state, d_x,
+// d_initial_state) are T like x; everything in registers and `partials` is fp32.
 template <typename T, int W, int VEC>
 __global__ void __launch_bounds__(kLanes * kBackwardRows, 2)
     conv_backward_kernel(const T* __restrict__ x, const float* __restrict__ weight,
                          const float* __restrict__ bias, const T* __restrict__ initial_state,
-                         const float* __restrict__ d_out, const float* __restrict__ d_final_state,
-                         float* __restrict__ d_x, float* __restrict__ d_initial_state,
+                         const T* __restrict__ d_out, const T* __restrict__ d_final_state,
+                         T* __restrict__ d_x, T* __restrict__ d_initial_state,
                          float* __restrict__ partials, int64_t length, int64_t channels,
                          bool apply_silu) {
   constexpr int kHistory = W > 1 ? W - 1 : 1;
@@ -178,7 +179,7 @@ __global__ void __launch_bounds__(kLanes * kBackwardRows, 2)
         float d[VEC];
         const int64_t at = (b * length + t) * channels + c0;
         load_floats<T, VEC>(x + at, current);
-        load_floats<float, VEC>(d_out + at, d);
+        load_floats<T, VEC>(d_out + at, d);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
           if (apply_silu) {
@@ -218,14 +219,14 @@ __global__ void __launch_bounds__(kLanes * kBackwardRows, 2)
         if (d_final_state != nullptr && q >= final_start) {  // this input was also copied out
 #pragma unroll
           for (int j = 0; j < VEC; ++j)
-            dx[j] += d_final_state[(b * channels + c0 + j) * (W - 1) + (q - final_start)];
+            dx[j] += to_float(d_final_state[(b * channels + c0 + j) * (W - 1) + (q - final_start)]);
         }
         if (q >= s0) {
-          store_floats<float, VEC>(d_x + (b * length + q) * channels + c0, dx);
+          store_floats<T, VEC>(d_x + (b * length + q) * channels + c0, dx);
         } else {
 #pragma unroll
           for (int j = 0; j < VEC; ++j)
-            d_initial_state[(b * channels + c0 + j) * (W - 1) + (W - 1) + q] = dx[j];
+            d_initial_state[(b * channels + c0 + j) * (W - 1) + (W - 1) + q] = from_float<T>(dx[j]);
         }
       }
 
@@ -351,9 +352,9 @@ size_t causal_conv1d_backward_workspace_floats(int64_t batch, int64_t length, in
 }
 
 void causal_conv1d_backward(const void* x, const float* weight, const float* bias,
-                            const void* initial_state, const float* d_out,
-                            const float* d_final_state, float* d_x, float* d_weight,
-                            float* d_bias, float* d_initial_state, float* workspace,
+                            const void* initial_state, const void* d_out,
+                            const void* d_final_state, void* d_x, float* d_weight,
+                            float* d_bias, void* d_initial_state, float* workspace,
                             int64_t batch, int64_t length, int64_t channels, int64_t width,
                             bool apply_silu, DType dtype, cudaStream_t stream) {
   check_sizes(batch, length, channels, width, kBackwardTile);
@@ -364,7 +365,7 @@ void causal_conv1d_backward(const void* x, const float* weight, const float* bia
     // No (b, t) terms: zero parameter gradients; the initial state only feeds the final state.
     CUDA_CHECK(cudaMemsetAsync(d_weight, 0, size_t(channels * width) * sizeof(float), stream));
     CUDA_CHECK(cudaMemsetAsync(d_bias, 0, size_t(channels) * sizeof(float), stream));
-    const size_t state_bytes = size_t(batch * channels * (width - 1)) * sizeof(float);
+    const size_t state_bytes = size_t(batch * channels * (width - 1)) * dtype_size(dtype);
     if (d_initial_state != nullptr && state_bytes > 0) {
       if (d_final_state != nullptr)
         CUDA_CHECK(cudaMemcpyAsync(d_initial_state, d_final_state, state_bytes,
@@ -380,12 +381,14 @@ void causal_conv1d_backward(const void* x, const float* weight, const float* bia
         const dim3 grid(unsigned(ceil_div(channels, kLanes * VEC)), unsigned(time_tiles),
                         unsigned(batch));
         conv_backward_kernel<T, W, VEC><<<grid, dim3(kLanes, kBackwardRows), 0, stream>>>(
-            static_cast<const T*>(x), weight, bias, static_cast<const T*>(initial_state), d_out,
-            d_final_state, d_x, d_initial_state, workspace, length, channels, apply_silu);
+            static_cast<const T*>(x), weight, bias, static_cast<const T*>(initial_state),
+            static_cast<const T*>(d_out), static_cast<const T*>(d_final_state),
+            static_cast<T*>(d_x), static_cast<T*>(d_initial_state), workspace, length, channels,
+            apply_silu);
         CUDA_CHECK_LAST_LAUNCH();
       };
-      if (channels % 4 == 0 && aligned(x, 4 * sizeof(T)) && aligned(d_out, 4 * sizeof(float)) &&
-          aligned(d_x, 4 * sizeof(float)))
+      if (channels % 4 == 0 && aligned(x, 4 * sizeof(T)) && aligned(d_out, 4 * sizeof(T)) &&
+          aligned(d_x, 4 * sizeof(T)))
         launch.template operator()<4>();
       else launch.template operator()<1>();
     });

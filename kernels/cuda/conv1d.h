@@ -2,7 +2,8 @@
 // xBC conv of MODEL.md section 3), the twin of kernels/cpu/conv1d.h. x (B, T, C), weight (C, W),
 // bias (C):  v[b,t,c] = bias[c] + sum_k weight[c,k] * x[b, t-(W-1)+k, c],  out = SiLU(v) (or v).
 // weight[c, W-1] multiplies the current token; inputs before t = 0 come from initial_state
-// (B, C, W-1), oldest first, or are 0. Activations f32 or bf16; parameters and gradients f32.
+// (B, C, W-1), oldest first, or are 0. Activations and their gradients f32 or bf16; parameters
+// and their gradients f32.
 // Tiling: a block covers 32 * VEC channels (VEC = 4 when C % 4 == 0) by R sub-tiles of 16 time
 // steps; each thread slides a W-tap window in registers over its 16 steps of VEC channels, reading
 // the W-1 halo rows before them (and, in backward, after them). Weight and bias gradients: each
@@ -37,14 +38,15 @@ size_t causal_conv1d_backward_workspace_floats(int64_t batch, int64_t length, in
 // KERNELS.md 5.2 with v recomputed: g = d_out * SiLU'(v) (or d_out);
 //   d_x[q] = sum_k weight[k] * g[q + W-1 - k];   d_weight[k] = sum_{b,t} x[t-(W-1)+k] * g[t];
 //   d_bias = sum_{b,t} g;   d_initial_state[m] = d_x at q = m - (W-1).
-// x and initial_state are `dtype`; d_out (B, T, C) and d_final_state (B, C, W-1, may be null: no
-// gradient) are f32; writes d_x (B, T, C), d_weight (C, W), d_bias (C) and, when initial_state is
-// given, d_initial_state (B, C, W-1), all f32 (both state pointers null or both not).
+// x, initial_state and the activation gradients are `dtype`: reads d_out (B, T, C) and
+// d_final_state (B, C, W-1, may be null: no gradient), writes d_x (B, T, C) and, when
+// initial_state is given, d_initial_state (B, C, W-1) (initial_state and d_initial_state both null
+// or both not). Writes d_weight (C, W) and d_bias (C) in f32; all arithmetic is fp32.
 // `workspace` holds causal_conv1d_backward_workspace_floats(...) floats.
 void causal_conv1d_backward(const void* x, const float* weight, const float* bias,
-                            const void* initial_state, const float* d_out,
-                            const float* d_final_state, float* d_x, float* d_weight,
-                            float* d_bias, float* d_initial_state, float* workspace,
+                            const void* initial_state, const void* d_out,
+                            const void* d_final_state, void* d_x, float* d_weight,
+                            float* d_bias, void* d_initial_state, float* workspace,
                             int64_t batch, int64_t length, int64_t channels, int64_t width,
                             bool apply_silu, DType dtype, cudaStream_t stream);
 

@@ -19,7 +19,7 @@ size_t gated_rmsnorm_workspace_floats(int64_t rows, int64_t groups, int64_t grou
 }
 
 void gated_rmsnorm_backward(const void* y, const void* z, const float* weight, const float* rstd,
-                            const float* d_out, float* d_y, float* d_z, float* d_weight,
+                            const void* d_out, void* d_y, void* d_z, float* d_weight,
                             int64_t rows, int64_t groups, int64_t group_size, DType dtype,
                             float* workspace, cudaStream_t stream) {
   segment_norm_backward(SegmentNorm::gated_rms, y, z, weight, nullptr, rstd, d_out, nullptr, d_y,

@@ -18,7 +18,7 @@ size_t group_norm_workspace_floats(int64_t rows, int64_t groups, int64_t group_s
 }
 
 void group_norm_backward(const void* x, const float* weight, const float* mean, const float* rstd,
-                         const float* d_out, float* d_x, float* d_weight, float* d_bias,
+                         const void* d_out, void* d_x, float* d_weight, float* d_bias,
                          int64_t rows, int64_t groups, int64_t group_size, DType dtype,
                          float* workspace, cudaStream_t stream) {
   segment_norm_backward(SegmentNorm::group, x, nullptr, weight, mean, rstd, d_out, nullptr, d_x,

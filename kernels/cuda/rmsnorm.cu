@@ -48,9 +48,6 @@ constexpr int kReduceSlices = 32;
 
 enum class TeamMode { warp, block, chunked };
 
-// ---- Vector access: V consecutive elements of T at a V-aligned address, widened to float ----
-
-
 // The same formula as kernels/cpu/activations.h, in fp32.
 __device__ __forceinline__ float sigmoid_of(float u) { return 1.0f / (1.0f + expf(-u)); }
 
@@ -105,10 +102,10 @@ struct BackwardArgs {
   const float* weight;
   const float* mean;      // group only
   const float* rstd;
-  const float* d_out;
-  const float* d_direct;  // rms only, may be null: added to d_a
-  float* d_a;
-  float* d_b;             // gated_rms only
+  const void* d_out;      // d_out, d_direct, d_a, d_b: activation gradients, in T like a and b
+  const void* d_direct;   // rms only, may be null: added to d_a
+  void* d_a;
+  void* d_b;              // gated_rms only
   float* partials;        // (teams, accumulators, size)
   int64_t segments, groups, size;
 };
@@ -234,6 +231,10 @@ __global__ void __launch_bounds__(kMaxTeamThreads) segment_norm_backward_kernel(
   const Team<kMode> team;
   const T* a = static_cast<const T*>(args.a);
   const T* b = static_cast<const T*>(args.b);
+  const T* d_out = static_cast<const T*>(args.d_out);
+  const T* d_direct = static_cast<const T*>(args.d_direct);
+  T* d_a = static_cast<T*>(args.d_a);
+  T* d_b = static_cast<T*>(args.d_b);
   const int64_t size = args.size, vectors = size / V;
   const int64_t chunk = int64_t(team.size) * kVecs;
   // The grid holds a multiple of `groups` teams, so all of this team's segments are in one group.
@@ -265,7 +266,7 @@ __global__ void __launch_bounds__(kMaxTeamThreads) segment_norm_backward_kernel(
       load_floats<T, V>(a + at, xa);
       if constexpr (kGated) load_floats<T, V>(b + at, xb);
       else (void)xb;
-      load_floats<float, V>(args.d_out + at, xd);
+      load_floats<T, V>(d_out + at, xd);
     };
 
     // Stage 1: the segment's reductions.
@@ -330,11 +331,11 @@ __global__ void __launch_bounds__(kMaxTeamThreads) segment_norm_backward_kernel(
               db[e] = dv * y * (sg * (1.0f + z * (1.0f - sg)));
               pw[e] = vd[i][e] * v_hat;
             }
-            store_floats<float, V>(args.d_b + at, db);
+            store_floats<T, V>(d_b + at, db);
           } else {
             float direct[V];
-            if (args.d_direct != nullptr) {
-              load_floats<float, V>(args.d_direct + at, direct);
+            if (d_direct != nullptr) {
+              load_floats<T, V>(d_direct + at, direct);
             } else {
 #pragma unroll
               for (int e = 0; e < V; ++e) direct[e] = 0.0f;
@@ -345,7 +346,7 @@ __global__ void __launch_bounds__(kMaxTeamThreads) segment_norm_backward_kernel(
               pw[e] = vd[i][e] * va[i][e] * r;
             }
           }
-          store_floats<float, V>(args.d_a + at, da);
+          store_floats<T, V>(d_a + at, da);
           if constexpr (kCached) {
 #pragma unroll
             for (int e = 0; e < V; ++e) {
@@ -608,8 +609,8 @@ size_t segment_norm_workspace_floats(SegmentNorm kind, int64_t rows, int64_t gro
 }
 
 void segment_norm_backward(SegmentNorm kind, const void* a, const void* b, const float* weight,
-                           const float* mean, const float* rstd, const float* d_out,
-                           const float* d_direct, float* d_a, float* d_b, float* d_weight,
+                           const float* mean, const float* rstd, const void* d_out,
+                           const void* d_direct, void* d_a, void* d_b, float* d_weight,
                            float* d_bias, int64_t rows, int64_t groups, int64_t group_size,
                            DType dtype, float* workspace, cudaStream_t stream) {
   check_sizes("segment_norm_backward", rows, groups, group_size);
@@ -652,8 +653,8 @@ size_t rmsnorm_workspace_floats(int64_t rows, int64_t dim, DType dtype) {
   return segment_norm_workspace_floats(SegmentNorm::rms, rows, 1, dim, dtype);
 }
 
-void rmsnorm_backward(const void* x, const float* weight, const float* rstd, const float* d_y,
-                      const float* d_x_direct, float* d_x, float* d_weight, int64_t rows,
+void rmsnorm_backward(const void* x, const float* weight, const float* rstd, const void* d_y,
+                      const void* d_x_direct, void* d_x, float* d_weight, int64_t rows,
                       int64_t dim, DType dtype, float* workspace, cudaStream_t stream) {
   segment_norm_backward(SegmentNorm::rms, x, nullptr, weight, nullptr, rstd, d_y, d_x_direct, d_x,
                         nullptr, d_weight, nullptr, rows, 1, dim, dtype, workspace, stream);

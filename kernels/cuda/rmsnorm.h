@@ -1,6 +1,7 @@
 // RMSNorm over the last dimension, the CUDA twin of kernels/cpu/rmsnorm.h (MODEL.md section 1):
-// y = x * rstd * w, rstd = (mean(x²) + eps)^(-1/2); x, residual, sum, y (rows, dim) are activations
-// in `dtype` (f32 or bf16), weight (dim) and rstd (rows) f32, gradients f32.
+// y = x * rstd * w, rstd = (mean(x²) + eps)^(-1/2); x, residual, sum, y (rows, dim) and their
+// gradients are activations in `dtype` (f32 or bf16); weight (dim), its gradient and rstd (rows)
+// are f32. The kernels compute in fp32 and round once when they store.
 // Strategy: rmsnorm.cu holds a "segment norm" engine shared with group_norm.cu and gated_rmsnorm.cu:
 // one team (a warp for segments of <= 512 elements, else a block) per row or group, the segment held
 // in registers with 16-byte vector loads (scalar when the width or alignment forbids); the backward
@@ -30,16 +31,16 @@ size_t rmsnorm_workspace_floats(int64_t rows, int64_t dim, DType dtype);
 
 // With g = d_y * w:  d_x = rstd * g - rstd³ * x * mean(g * x)  (+ d_x_direct),
 //                    d_weight = sum over rows of d_y * x * rstd.
-// x is the normalized input (x, or `sum` for add_rmsnorm) in `dtype`; d_y, d_x_direct (may be
-// null), d_x and d_weight are f32. d_x and d_weight are written fresh.
-void rmsnorm_backward(const void* x, const float* weight, const float* rstd, const float* d_y,
-                      const float* d_x_direct, float* d_x, float* d_weight, int64_t rows,
+// x is the normalized input (x, or `sum` for add_rmsnorm); x, d_y, d_x_direct (may be null) and d_x
+// are in `dtype`, d_weight f32. d_x and d_weight are written fresh.
+void rmsnorm_backward(const void* x, const float* weight, const float* rstd, const void* d_y,
+                      const void* d_x_direct, void* d_x, float* d_weight, int64_t rows,
                       int64_t dim, DType dtype, float* workspace, cudaStream_t stream);
 
 // ---- The segment-norm engine (used by rmsnorm, gated_rmsnorm and group_norm) ----
-// Data are (rows, groups * group_size); each row's `groups` contiguous groups are the segments,
-// normalized independently; statistics are (rows, groups) f32; weight and bias (groups * group_size)
-// f32. Kinds (forward):
+// Data and their gradients are (rows, groups * group_size) in `dtype`; each row's `groups`
+// contiguous groups are the segments, normalized independently; statistics are (rows, groups) f32;
+// weight and bias (groups * group_size) and their gradients f32. Kinds (forward):
 //   rms:       v = a;                            out = v * r * w
 //   add_rms:   v = round(a + b), stored to sum;   out = v * r * w
 //   gated_rms: v = a * SiLU(b);                  out = v * r * w
@@ -59,10 +60,11 @@ size_t segment_norm_workspace_floats(SegmentNorm kind, int64_t rows, int64_t gro
 
 // Backward of rms (add_rms uses it with d_direct = the gradient of sum), gated_rms and group (see
 // the CPU twins for the formulas). d_a = gradient of a (x or y); d_b = gradient of z (gated_rms);
-// d_bias only for group. All gradients f32, written fresh.
+// d_bias only for group. d_out, d_direct (rms, may be null), d_a and d_b in `dtype`; d_weight and
+// d_bias f32. d_a, d_b, d_weight and d_bias are written fresh.
 void segment_norm_backward(SegmentNorm kind, const void* a, const void* b, const float* weight,
-                           const float* mean, const float* rstd, const float* d_out,
-                           const float* d_direct, float* d_a, float* d_b, float* d_weight,
+                           const float* mean, const float* rstd, const void* d_out,
+                           const void* d_direct, void* d_a, void* d_b, float* d_weight,
                            float* d_bias, int64_t rows, int64_t groups, int64_t group_size,
                            DType dtype, float* workspace, cudaStream_t stream);
 

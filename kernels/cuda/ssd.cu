@@ -1,7 +1,7 @@
 // Mamba-2 SSD scan on CUDA (see ssd.h). Kernel order, KERNELS.md sections 3.2 and 4.1:
 //
 //   forward:  stats -> chunk_state -> state_pass -> chunk_scan (y)
-//   backward: (delta, cumsums and S_in from the forward's workspace) -> [dy to bf16 hi + lo] ->
+//   backward: (delta, cumsums and S_in from the forward's workspace) -> [fp32 dy to bf16 hi + lo] ->
 //             chunk_state on (dy, C) (dS_out) -> state_pass_back (dSloc, dLambda partials, dS_init)
 //             -> chunk_dx (dx, direct d delta, dD partials) -> chunk_db (dB, eta, Gamma column
 //             sums) -> chunk_dc (dC, kappa, Gamma row sums) -> combine (d dt_raw, per-chunk dA
@@ -856,8 +856,8 @@ __global__ void __launch_bounds__(kTileThreads)
 //   acc  = diag(e^(Λ - s_j)) · B_J · dSlocᵀ                       (K = N, slabs of dSloc)
 //   acc += (e^(s_i - s_j) ∘ B_J C_Rᵀ) · dY_R   for R = J .. last   (K = i; rows j, columns i >= j)
 //   dx = δ acc + D dy;   d delta_dir_j = <acc_j, x_j>;   dD partial = sum_j <dy_j, x_j>
-// Own tiles: B_J (N), x_J (P). Walked: C_R (N), dY_R (P, in T), bf16: dY_R's lo part (P).
-// Slab: P x 64 of dSloc.
+// Own tiles: B_J (N), x_J (P). Walked: C_R (N), dY_R (P, in T), bf16: dY_R's lo part (P) when dy
+// came in fp32 (dyt_lo set; a bf16 dy is exact and has none). Slab: P x 64 of dSloc.
 // ------------------------------------------------------------------------------------------------
 
 template <typename T>
@@ -869,7 +869,7 @@ TilePlan dx_plan(const Dims& d, int stages) {
 template <typename T, int PMAX>
 __global__ void __launch_bounds__(kTileThreads)
     ssd_chunk_dx_kernel(Dims d, TilePlan plan, const T* x, const T* Bm, const T* Cm, const T* dyt,
-                        const T* dyt_lo, const float* dy, const float* Dp, const float* delta,
+                        const T* dyt_lo, const float* dy_f32, const float* Dp, const float* delta,
                         const float* hi, const float* lo, const float* dstates, bool no_final,
                         float* dx, float* ddir, float* dD_part, int tiles) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -886,6 +886,7 @@ __global__ void __launch_bounds__(kTileThreads)
   const int wrow = warp * 16;
   const bool active = j0 + wrow < length;
   TileSmem<T> sm(smem, plan, d.qpad);
+  const bool dy_split = kParts<T> == 2 && dyt_lo != nullptr;  // an fp32 dy as hi + lo
   const HeadPtrs at = head_ptrs(d, b, h);
   const int64_t t0 = int64_t(c) * Q;
 
@@ -929,7 +930,7 @@ __global__ void __launch_bounds__(kTileThreads)
                   kTile, rows, N);
     cp_async_tile(sm.walk1(stage), sm.ld_walk1, dyt + at.x_base + (t0 + r0) * at.x_row, at.x_row,
                   kTile, rows, P);
-    if constexpr (kParts<T> == 2)
+    if (dy_split)
       cp_async_tile(sm.walk2(stage), sm.ld_walk2, dyt_lo + at.x_base + (t0 + r0) * at.x_row,
                     at.x_row, kTile, rows, P);
     cp_async_commit();
@@ -946,14 +947,14 @@ __global__ void __launch_bounds__(kTileThreads)
       const int j = j0 + row, i = r0 + col;
       sc[nt][e] = i >= j ? sc[nt][e] * exp_neg<T>(seg(sm.hi, sm.lo, i, j)) : 0.0f;
     });
-    // acc += S · dY_R: B(i, p) = dY_R[i][p] (stored [i][p]); bf16: dY_R as hi + lo (kParts).
-    const T* dy_lo = kParts<T> == 2 ? sm.walk2(stage) : nullptr;
+    // acc += S · dY_R: B(i, p) = dY_R[i][p] (stored [i][p]); an fp32 dy as hi + lo.
+    const T* dy_lo = dy_split ? sm.walk2(stage) : nullptr;
     warp_mma_regs<false>(acc, sc, sm.walk1(stage), sm.ld_walk1, diag ? warp : 0, 4, P / 8,
                          sm.warp_stage(warp), dy_lo);
   };
   tile_walk(J, last, plan.stages, issue, compute);
 
-  // dx = δ acc + D dy; the direct delta gradient; the D partial.
+  // dx = δ acc + D dy; the direct delta gradient; the D partial. dy read as it came in.
   const float Dh = Dp[h];
   float dd[2] = {0.0f, 0.0f}, d_skip = 0.0f;
 #pragma unroll
@@ -961,14 +962,15 @@ __global__ void __launch_bounds__(kTileThreads)
     const int row = wrow + g + 8 * half, j = j0 + row;
     if (j >= length) continue;
     const float dj = sm.delta[j];
-    const float* dyrow = dy + at.x_base + (t0 + j) * at.x_row;
-    float* dxrow = dx + at.x_base + (t0 + j) * at.x_row;
+    const int64_t at_j = at.x_base + (t0 + j) * at.x_row;
+    float* dxrow = dx + at_j;
     const T* xrow = sm.own1 + row * sm.ld_own1;
 #pragma unroll
     for (int nt = 0; nt < PMAX / 8; ++nt) {
       if (nt * 8 >= P) continue;
       const int p = nt * 8 + 2 * t;
-      const float2 gy = *reinterpret_cast<const float2*>(dyrow + p);
+      const float2 gy = dy_f32 ? *reinterpret_cast<const float2*>(dy_f32 + at_j + p)
+                               : make_float2(to_float(dyt[at_j + p]), to_float(dyt[at_j + p + 1]));
       const float a0 = acc[nt][2 * half], a1 = acc[nt][2 * half + 1];
       const float x0 = to_float(xrow[p]), x1 = to_float(xrow[p + 1]);
       *reinterpret_cast<float2*>(dxrow + p) = make_float2(dj * a0 + Dh * gy.x, dj * a1 + Dh * gy.y);
@@ -996,8 +998,8 @@ __global__ void __launch_bounds__(kTileThreads)
 //   eta_j = <acc_j, B_j>                                            (before the pair terms)
 //   dCBᵀ = δ_j e^(s_i - s_j) ∘ x_J dY_Rᵀ (i >= j),  acc += dCBᵀ · C_R  for R = J .. last
 //   Gamma column sums: sum_{i > j} dCBᵀ(j, i) · (B_J C_Rᵀ)(j, i)
-// Own tiles: x_J (P), B_J (N). Walked: C_R (N), dY_R (P), bf16: dY_R's lo part (P).
-// Slab: 64 x N rows of dSloc.
+// Own tiles: x_J (P), B_J (N). Walked: C_R (N), dY_R (P), bf16: dY_R's lo part (P) when dy came in
+// fp32 (dyt_lo set). Slab: 64 x N rows of dSloc.
 // ------------------------------------------------------------------------------------------------
 
 template <typename T>
@@ -1023,6 +1025,7 @@ __global__ void __launch_bounds__(kTileThreads)
   const int wrow = warp * 16;
   const bool active = j0 + wrow < length;
   TileSmem<T> sm(smem, plan, d.qpad);
+  const bool dy_split = kParts<T> == 2 && dyt_lo != nullptr;  // an fp32 dy as hi + lo
   const HeadPtrs at = head_ptrs(d, b, h);
   const int64_t t0 = int64_t(c) * Q;
   T* xJ = sm.own0;
@@ -1077,7 +1080,7 @@ __global__ void __launch_bounds__(kTileThreads)
                   kTile, rows, N);
     cp_async_tile(sm.walk1(stage), sm.ld_walk1, dyt + at.x_base + (t0 + r0) * at.x_row, at.x_row,
                   kTile, rows, P);
-    if constexpr (kParts<T> == 2)
+    if (dy_split)
       cp_async_tile(sm.walk2(stage), sm.ld_walk2, dyt_lo + at.x_base + (t0 + r0) * at.x_row,
                     at.x_row, kTile, rows, P);
     cp_async_commit();
@@ -1094,8 +1097,8 @@ __global__ void __launch_bounds__(kTileThreads)
     // dPᵀ (rows j, columns i) = x_J · dY_Rᵀ: B(p, i) = dY_R[i][p] (stored [i][p]).
     warp_mma<false, true>(dp, xJ + wrow * sm.ld_own0, sm.ld_own0, sm.walk1(stage), sm.ld_walk1, 0,
                           P / 16, nt_lo, 8);
-    // bf16: dY_R goes in as hi + lo (kParts); x is exact.
-    if constexpr (kParts<T> == 2)
+    // An fp32 dy goes in as hi + lo; x is exact.
+    if (dy_split)
       warp_mma<false, true>(dp, xJ + wrow * sm.ld_own0, sm.ld_own0, sm.walk2(stage), sm.ld_walk2,
                             0, P / 16, nt_lo, 8);
     for_each_element(wrow, [&](int nt, int e, int row, int col) {
@@ -1134,8 +1137,8 @@ __global__ void __launch_bounds__(kTileThreads)
 //   kappa_i = <acc_i, C_i>                                           (before the pair terms)
 //   dCB = δ_j e^(s_i - s_j) ∘ dY_R x_Jᵀ (j <= i),  acc += dCB · B_J  for J = 0 .. R
 //   Gamma row sums: sum_{j < i} dCB(i, j) · (C_R B_Jᵀ)(i, j)
-// Own tiles: dY_R (P), C_R (N), bf16: dY_R's lo part (P). Walked: B_J (N), x_J (P).
-// Slab: 64 x N rows of S_in.
+// Own tiles: dY_R (P), C_R (N), bf16: dY_R's lo part (P) when dy came in fp32 (dyt_lo set).
+// Walked: B_J (N), x_J (P). Slab: 64 x N rows of S_in.
 // ------------------------------------------------------------------------------------------------
 
 template <typename T>
@@ -1161,11 +1164,12 @@ __global__ void __launch_bounds__(kTileThreads)
   const int wrow = warp * 16;
   const bool active = r0 + wrow < length;
   TileSmem<T> sm(smem, plan, d.qpad);
+  const bool dy_split = kParts<T> == 2 && dyt_lo != nullptr;  // an fp32 dy as hi + lo
   const HeadPtrs at = head_ptrs(d, b, h);
   const int64_t t0 = int64_t(c) * Q;
   T* dyR = sm.own0;
   T* CR = sm.own1;
-  T* dyR_lo = sm.own2;  // bf16 only: dY_R's lo part (kParts); nullptr on f32
+  T* dyR_lo = sm.own2;  // bf16 with an fp32 dy only: dY_R's lo part
 
   load_stats(d, delta, hi, lo, chunk_at, sm.delta, sm.hi, sm.lo);
   const int rows_R = min(kTile, length - r0);
@@ -1173,7 +1177,7 @@ __global__ void __launch_bounds__(kTileThreads)
                 P);
   cp_async_tile(CR, sm.ld_own1, Cm + at.bc_base + (t0 + r0) * at.bc_row, at.bc_row, kTile, rows_R,
                 N);
-  if constexpr (kParts<T> == 2)
+  if (dy_split)
     cp_async_tile(dyR_lo, sm.ld_own2, dyt_lo + at.x_base + (t0 + r0) * at.x_row, at.x_row, kTile,
                   rows_R, P);
   cp_async_commit();
@@ -1195,14 +1199,14 @@ __global__ void __launch_bounds__(kTileThreads)
       if (active) {
         warp_mma<false, false>(acc, dyR + wrow * sm.ld_own0 + p0, sm.ld_own0, sm.slab, sm.ld_slab,
                                0, rows / 16, 0, N / 8);
-        // bf16: dY_R's lo part meets S_in's hi part (the lo·lo term is below fp32 noise), then
-        // dY_R meets S_in's lo part.
-        if constexpr (kParts<T> == 2) {
+        // bf16: dY_R's lo part (an fp32 dy) meets S_in's hi part (the lo·lo term is below fp32
+        // noise), then dY_R meets S_in's lo part.
+        if (dy_split)
           warp_mma<false, false>(acc, dyR_lo + wrow * sm.ld_own2 + p0, sm.ld_own2, sm.slab,
                                  sm.ld_slab, 0, rows / 16, 0, N / 8);
+        if constexpr (kParts<T> == 2)
           warp_mma<false, false>(acc, dyR + wrow * sm.ld_own0 + p0, sm.ld_own0, sm.slab_lo,
                                  sm.ld_slab, 0, rows / 16, 0, N / 8);
-        }
       }
     }
     const int i = r0 + wrow + g;
@@ -1241,8 +1245,8 @@ __global__ void __launch_bounds__(kTileThreads)
     // dP (rows i, columns j) = dY_R · x_Jᵀ: B(p, j) = x_J[j][p] (stored [j][p]).
     warp_mma<false, true>(dp, dyR + wrow * sm.ld_own0, sm.ld_own0, sm.walk1(stage), sm.ld_walk1,
                           0, P / 16, 0, nt_hi);
-    // bf16: dY_R goes in as hi + lo (kParts); x is exact.
-    if constexpr (kParts<T> == 2)
+    // An fp32 dy goes in as hi + lo; x is exact.
+    if (dy_split)
       warp_mma<false, true>(dp, dyR_lo + wrow * sm.ld_own2, sm.ld_own2, sm.walk1(stage),
                             sm.ld_walk1, 0, P / 16, 0, nt_hi);
     for_each_element(wrow, [&](int nt, int e, int row, int col) {
@@ -1554,8 +1558,8 @@ void forward_impl(const SsdProblem& p, const SsdInputs& in, T* y, float* final_s
 
 template <typename T>
 void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* forward_workspace,
-                   const float* dy, const float* d_final, const SsdGrads& grads, float* workspace,
-                   DType dtype, cudaStream_t stream) {
+                   const void* dy, DType dy_dtype, const float* d_final, const SsdGrads& grads,
+                   float* workspace, DType dtype, cudaStream_t stream) {
   const Dims d = make_dims(p);
   const int BH = d.batch * d.heads;
   const int slices = pass_slices(p), tiles = chunk_tiles(p);
@@ -1583,22 +1587,31 @@ void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* forwar
   const T* Bm = static_cast<const T*>(in.B);
   const T* Cm = static_cast<const T*>(in.C);
 
-  // dy as a tile operand (T).
-  // bf16: dy is split as hi + lo (kParts); dyt_lo is nullptr on the f32 path.
+  // dy as a tile operand (T). A bf16 dy (bf16 activations' gradients) is exact and goes in as it
+  // is; an fp32 dy on the bf16 path is split as hi + lo (kParts), which costs the dx, dB and dC
+  // products a third operand tile (dyt_lo).
   const T* dyt;
   const T* dyt_lo = nullptr;
+  const float* dy_f32 = dy_dtype == DType::f32 ? static_cast<const float*>(dy) : nullptr;
   if constexpr (kIsF32<T>) {
-    dyt = dy;
+    dyt = dy_f32;
+  } else if (dy_f32 == nullptr) {
+    dyt = static_cast<const T*>(dy);
   } else {
     const int64_t count4 = int64_t(d.batch) * d.seq * d.heads * d.head_dim / 4;
     __nv_bfloat16* converted = reinterpret_cast<__nv_bfloat16*>(workspace + l.dyt);
     __nv_bfloat16* converted_lo = reinterpret_cast<__nv_bfloat16*>(workspace + l.dyt_lo);
-    ssd_to_bf16_kernel<<<unsigned(ceil_div(count4, 256)), 256, 0, stream>>>(dy, converted,
+    ssd_to_bf16_kernel<<<unsigned(ceil_div(count4, 256)), 256, 0, stream>>>(dy_f32, converted,
                                                                             converted_lo, count4);
     CUDA_CHECK_LAST_LAUNCH();
     dyt = converted;
     dyt_lo = converted_lo;
   }
+  // The dy lo tiles of the plans below, dropped when there is none.
+  auto without_dy_lo = [&](TilePlan plan) {
+    if (dyt_lo == nullptr) plan.own2 = plan.walk2 = 0;
+    return plan;
+  };
 
   // dS_out[c] = sum_i e^(s_i) dy_i ⊗ C_i, then the reverse state passing.
   const int64_t state_smem = chunk_state_smem<T>(d, dyt_lo != nullptr);
@@ -1614,12 +1627,12 @@ void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* forwar
   const dim3 grid(tiles, d.chunks, BH);
   const bool no_final = d_final == nullptr;
   {
-    const TilePlan plan = choose_plan<T>(dx_plan<T>, d, "chunk_dx");
+    const TilePlan plan = without_dy_lo(choose_plan<T>(dx_plan<T>, d, "chunk_dx"));
     const int64_t smem = plan_bytes<T>(plan, d.qpad);
     dispatch_width(d.head_dim, [&]<int W>() {
       set_smem(ssd_chunk_dx_kernel<T, W>, smem);
       ssd_chunk_dx_kernel<T, W><<<grid, kTileThreads, smem, stream>>>(
-          d, plan, x, Bm, Cm, dyt, dyt_lo, dy, in.D, delta, hi, lo, dstates, no_final, grads.x,
+          d, plan, x, Bm, Cm, dyt, dyt_lo, dy_f32, in.D, delta, hi, lo, dstates, no_final, grads.x,
           workspace + l.ddir, workspace + l.dD, tiles);
       CUDA_CHECK_LAST_LAUNCH();
     });
@@ -1627,7 +1640,7 @@ void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* forwar
   float* dB_heads = p.heads != p.groups ? workspace + l.dB_heads : grads.B;
   float* dC_heads = p.heads != p.groups ? workspace + l.dC_heads : grads.C;
   {
-    const TilePlan plan = choose_plan<T>(db_plan<T>, d, "chunk_db");
+    const TilePlan plan = without_dy_lo(choose_plan<T>(db_plan<T>, d, "chunk_db"));
     const int64_t smem = plan_bytes<T>(plan, d.qpad);
     dispatch_width(d.state, [&]<int W>() {
       set_smem(ssd_chunk_db_kernel<T, W>, smem);
@@ -1638,7 +1651,7 @@ void backward_impl(const SsdProblem& p, const SsdInputs& in, const float* forwar
     });
   }
   {
-    const TilePlan plan = choose_plan<T>(dc_plan<T>, d, "chunk_dc");
+    const TilePlan plan = without_dy_lo(choose_plan<T>(dc_plan<T>, d, "chunk_dc"));
     const int64_t smem = plan_bytes<T>(plan, d.qpad);
     dispatch_width(d.state, [&]<int W>() {
       set_smem(ssd_chunk_dc_kernel<T, W>, smem);
@@ -1706,12 +1719,14 @@ void ssd_forward(const SsdProblem& problem, const SsdInputs& in, void* y, float*
 }
 
 void ssd_backward(const SsdProblem& problem, const SsdInputs& in, const float* forward_workspace,
-                  const float* dy, const float* d_final_state, const SsdGrads& grads,
+                  const void* dy, DType dy_dtype, const float* d_final_state, const SsdGrads& grads,
                   float* workspace, DType dtype, cudaStream_t stream) {
   ssd_check_problem(problem);
+  BRAID_CHECK(dy_dtype == DType::f32 || dy_dtype == dtype, "ssd: dy is ", dtype_name(dy_dtype),
+              " for ", dtype_name(dtype), " activations; it must be f32 or the activations' dtype");
   dispatch_activation("ssd", dtype, [&]<typename T>() {
-    backward_impl<T>(problem, in, forward_workspace, dy, d_final_state, grads, workspace, dtype,
-                     stream);
+    backward_impl<T>(problem, in, forward_workspace, dy, dy_dtype, d_final_state, grads, workspace,
+                     dtype, stream);
   });
 }
 

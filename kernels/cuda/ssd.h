@@ -1,6 +1,7 @@
 // Mamba-2 SSD scan on CUDA, forward and backward, with the contract of kernels/cpu/ssd.h (MODEL.md
 // section 3, KERNELS.md sections 2-4). x (Bt, T, H, P), dt_raw (Bt, T, H), B, C (Bt, T, G, N) in
-// `dtype` (f32 or bf16); dt_bias, A_log, D (H), states (Bt, H, P, N), dy and all gradients f32.
+// `dtype` (f32 or bf16); dt_bias, A_log, D (H), states (Bt, H, P, N) and all gradients f32; dy f32
+// or in `dtype`.
 // Strategy: chunk cumsums, chunk states, a state-passing sweep, then one 4-warp CTA per (chunk,
 // 64-row tile) walking the paired tiles FlashAttention-style with C·B recomputed in registers
 // (mma.sync m16n8k16 bf16, fp32 accumulation; the f32 path runs the same fragments on SIMT FMAs).
@@ -63,11 +64,12 @@ void ssd_forward(const SsdProblem& problem, const SsdInputs& in, void* y, float*
 
 // forward_workspace: the workspace ssd_forward filled for these inputs (read only; saving it costs
 // memory, recomputing it cost 0.2 ms of the 1b layer's 4.6 ms forward + backward). dy (Bt, T, H,
-// P) f32 is required; d_final_state (Bt, H, P, N) f32 may be nullptr (zero). Parameter gradients
+// P) is required, in f32 or in the activations' dtype (a bf16 dy is exact in the bf16 products and
+// spares them the lo part an fp32 one needs); d_final_state (Bt, H, P, N) f32 may be nullptr (zero). Parameter gradients
 // are reduced in a fixed order (per-chunk partials, then one pass per head): results are bitwise
 // reproducible. No atomics.
 void ssd_backward(const SsdProblem& problem, const SsdInputs& in, const float* forward_workspace,
-                  const float* dy, const float* d_final_state, const SsdGrads& grads,
+                  const void* dy, DType dy_dtype, const float* d_final_state, const SsdGrads& grads,
                   float* workspace, DType dtype, cudaStream_t stream);
 
 }  // namespace braid::kernels::cuda

@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kThreads) swiglu_forward_kernel(const T* gate,
     swiglu_forward_at<T, 1>(gate + gate_index<kRows>(tail, layout), up + tail, out + tail);
 }
 
-template <typename T, int V>
+template <int V>
 __device__ __forceinline__ void swiglu_backward_math(const float (&g)[V], const float (&u)[V],
                                                      const float (&d)[V], float (&d_gate)[V],
                                                      float (&d_up)[V]) {
@@ -86,10 +86,12 @@ __device__ __forceinline__ void swiglu_backward_math(const float (&g)[V], const 
   }
 }
 
+// The gradients are activations like gate and up: all five tensors are T, read and written in
+// the same vectors, the math in fp32 with one rounding at the store.
 template <typename T, int V, int kUnroll>
 __global__ void __launch_bounds__(kThreads) swiglu_backward_kernel(const T* gate, const T* up,
-                                                                   const float* d_out, float* d_gate,
-                                                                   float* d_up, int64_t n) {
+                                                                   const T* d_out, T* d_gate,
+                                                                   T* d_up, int64_t n) {
   const int64_t vectors = n / V;
   const int64_t step = int64_t(gridDim.x) * kThreads * kUnroll;
   for (int64_t base = int64_t(blockIdx.x) * kThreads * kUnroll + threadIdx.x; base < vectors;
@@ -101,7 +103,7 @@ __global__ void __launch_bounds__(kThreads) swiglu_backward_kernel(const T* gate
       if (j < vectors) {
         load_floats<T, V>(gate + j * V, g[i]);
         load_floats<T, V>(up + j * V, u[i]);
-        load_floats<float, V>(d_out + j * V, d[i]);
+        load_floats<T, V>(d_out + j * V, d[i]);
       }
     }
 #pragma unroll
@@ -109,21 +111,22 @@ __global__ void __launch_bounds__(kThreads) swiglu_backward_kernel(const T* gate
       const int64_t j = base + int64_t(i) * kThreads;
       if (j < vectors) {
         float dg[V], du[V];
-        swiglu_backward_math<T, V>(g[i], u[i], d[i], dg, du);
-        store_floats<float, V>(d_gate + j * V, dg);
-        store_floats<float, V>(d_up + j * V, du);
+        swiglu_backward_math<V>(g[i], u[i], d[i], dg, du);
+        store_floats<T, V>(d_gate + j * V, dg);
+        store_floats<T, V>(d_up + j * V, du);
       }
     }
   }
+  // Tail: the n % V elements after the last whole vector, one per thread of block 0.
   const int64_t tail = vectors * V + threadIdx.x;
   if (blockIdx.x == 0 && tail < n) {
     float g[1], u[1], d[1], dg[1], du[1];
     load_floats<T, 1>(gate + tail, g);
     load_floats<T, 1>(up + tail, u);
-    load_floats<float, 1>(d_out + tail, d);
-    swiglu_backward_math<T, 1>(g, u, d, dg, du);
-    d_gate[tail] = dg[0];
-    d_up[tail] = du[0];
+    load_floats<T, 1>(d_out + tail, d);
+    swiglu_backward_math<1>(g, u, d, dg, du);
+    store_floats<T, 1>(d_gate + tail, dg);
+    store_floats<T, 1>(d_up + tail, du);
   }
 }
 
@@ -166,20 +169,25 @@ void swiglu_forward(const void* gate, const void* up, void* out, int64_t n, DTyp
   });
 }
 
-void swiglu_backward(const void* gate, const void* up, const float* d_out, float* d_gate,
-                     float* d_up, int64_t n, DType dtype, cudaStream_t stream) {
+void swiglu_backward(const void* gate, const void* up, const void* d_out, void* d_gate,
+                     void* d_up, int64_t n, DType dtype, cudaStream_t stream) {
   if (n <= 0) return;
   const bool vector = aligned_16({gate, up, d_out, d_gate, d_up});
   dispatch_activation("swiglu_backward", dtype, [&]<typename T>() {
+    // Five 16-byte streams per vector (three read, two written), 2 vectors per thread: 96 bytes of
+    // loads in flight per thread for either T.
     constexpr int kVec = int(16 / sizeof(T)), kUnroll = 2;
     const T* g = static_cast<const T*>(gate);
     const T* u = static_cast<const T*>(up);
+    const T* d = static_cast<const T*>(d_out);
+    T* dg = static_cast<T*>(d_gate);
+    T* du = static_cast<T*>(d_up);
     if (vector)
       swiglu_backward_kernel<T, kVec, kUnroll>
-          <<<grid_for(n, kVec, kUnroll), kThreads, 0, stream>>>(g, u, d_out, d_gate, d_up, n);
+          <<<grid_for(n, kVec, kUnroll), kThreads, 0, stream>>>(g, u, d, dg, du, n);
     else
       swiglu_backward_kernel<T, 1, kUnroll>
-          <<<grid_for(n, 1, kUnroll), kThreads, 0, stream>>>(g, u, d_out, d_gate, d_up, n);
+          <<<grid_for(n, 1, kUnroll), kThreads, 0, stream>>>(g, u, d, dg, du, n);
     CUDA_CHECK_LAST_LAUNCH();
   });
 }

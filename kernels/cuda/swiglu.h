@@ -1,5 +1,6 @@
 // SwiGLU gate h = SiLU(gate) * up, elementwise, the CUDA twin of kernels/cpu/swiglu.h (MODEL.md
-// section 1). gate, up, out: n activations in `dtype` (f32 or bf16); gradients f32.
+// section 1). gate, up, out and their gradients: n elements in `dtype` (f32 or bf16); the
+// arithmetic is fp32.
 // Strategy: grid-stride loop, each thread handling a few independent 16-byte vectors per step
 // (scalar accesses when a pointer is not 16-byte aligned, and for the n % width tail).
 #pragma once
@@ -17,8 +18,9 @@ namespace braid::kernels::cuda {
 void swiglu_forward(const void* gate, const void* up, void* out, int64_t n, DType dtype,
                     cudaStream_t stream, int64_t columns = 0, int64_t gate_row_stride = 0);
 
-// d_gate = d_out * up * SiLU'(gate);  d_up = d_out * SiLU(gate). d_out, d_gate, d_up f32.
-void swiglu_backward(const void* gate, const void* up, const float* d_out, float* d_gate,
-                     float* d_up, int64_t n, DType dtype, cudaStream_t stream);
+// d_gate = d_out * up * SiLU'(gate);  d_up = d_out * SiLU(gate). d_out, d_gate, d_up in `dtype`
+// like gate and up (an activation's gradient has its dtype: autograd/variable.h).
+void swiglu_backward(const void* gate, const void* up, const void* d_out, void* d_gate,
+                     void* d_up, int64_t n, DType dtype, cudaStream_t stream);
 
 }  // namespace braid::kernels::cuda

@@ -21,6 +21,11 @@ T* data_or_null(const Tensor& tensor) {
   return tensor.defined() ? tensor.data<T>() : nullptr;
 }
 
+#ifdef BRAID_CUDA
+// The same, untyped, for the CUDA kernels (they take activations with their dtype beside).
+void* raw_or_null(const Tensor& tensor) { return tensor.defined() ? tensor.raw_data() : nullptr; }
+#endif
+
 class Conv1dNode : public autograd::Node {
  public:
   // initial_state is undefined when the conv started from zeros.
@@ -57,32 +62,33 @@ class Conv1dNode : public autograd::Node {
 
  private:
 #ifdef BRAID_CUDA
-  // The same gradients on x's CUDA device, all f32 (DESIGN.md "Precision").
+  // The same gradients on x's CUDA device (DESIGN.md "Precision"): those of the activations (x, the
+  // initial state) in x's dtype, those of the fp32 parameters in f32.
   std::vector<Tensor> cuda_backward(const std::vector<Tensor>& grad_outputs) {
     const Device device = x_.device();
+    const DType dtype = x_.dtype();
     const int64_t batch = x_.size(0), length = x_.size(1), channels = x_.size(2);
     const int64_t width = weight_.size(1);
     cuda_set_device(device.index);
-    Tensor d_out = grad_outputs[0].defined() ? grad_outputs[0].to(DType::f32).contiguous()
-                                             : Tensor::zeros(x_.shape(), DType::f32, device);
+    Tensor d_out = grad_outputs[0].defined() ? grad_outputs[0].to(dtype).contiguous()
+                                             : Tensor::zeros(x_.shape(), dtype, device);
     Tensor d_final_state =
-        grad_outputs[1].defined() ? grad_outputs[1].to(DType::f32).contiguous() : Tensor();
-    Tensor d_x = Tensor::empty(x_.shape(), DType::f32, device);
+        grad_outputs[1].defined() ? grad_outputs[1].to(dtype).contiguous() : Tensor();
+    Tensor d_x = Tensor::empty(x_.shape(), dtype, device);
     Tensor d_weight = Tensor::empty(weight_.shape(), DType::f32, device);
     Tensor d_bias = Tensor::empty(bias_.shape(), DType::f32, device);
     Tensor d_initial_state = initial_state_.defined()
-                                 ? Tensor::empty(initial_state_.shape(), DType::f32, device)
+                                 ? Tensor::empty(initial_state_.shape(), dtype, device)
                                  : Tensor();
     Tensor workspace = Tensor::empty(
         {int64_t(kernels::cuda::causal_conv1d_backward_workspace_floats(batch, length, channels,
                                                                          width))},
         DType::f32, device);
     kernels::cuda::causal_conv1d_backward(
-        x_.raw_data(), weight_.data<float>(), bias_.data<float>(),
-        initial_state_.defined() ? initial_state_.raw_data() : nullptr, d_out.data<float>(),
-        data_or_null<float>(d_final_state), d_x.data<float>(), d_weight.data<float>(),
-        d_bias.data<float>(), data_or_null<float>(d_initial_state), workspace.data<float>(),
-        batch, length, channels, width, silu_, x_.dtype(), compute_stream());
+        x_.raw_data(), weight_.data<float>(), bias_.data<float>(), raw_or_null(initial_state_),
+        d_out.raw_data(), raw_or_null(d_final_state), d_x.raw_data(), d_weight.data<float>(),
+        d_bias.data<float>(), raw_or_null(d_initial_state), workspace.data<float>(), batch,
+        length, channels, width, silu_, dtype, compute_stream());
     std::vector<Tensor> grads = {d_x, d_weight, d_bias};
     if (initial_state_.defined()) grads.push_back(d_initial_state);
     return grads;
@@ -129,7 +135,7 @@ Conv1dOutput conv1d(const autograd::Var& x, const autograd::Var& weight, const a
 #ifdef BRAID_CUDA
     cuda_set_device(xc.device().index);
     kernels::cuda::causal_conv1d_forward(
-        xc.raw_data(), w.data<float>(), b.data<float>(), init.defined() ? init.raw_data() : nullptr,
+        xc.raw_data(), w.data<float>(), b.data<float>(), raw_or_null(init),
         out.raw_data(), final_state.raw_data(), batch, xc.size(1), channels, width, silu,
         xc.dtype(), compute_stream());
 #endif

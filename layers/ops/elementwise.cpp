@@ -52,11 +52,15 @@ class AddNode : public autograd::Node {
   const char* name() const override { return sign_ > 0 ? "add" : "sub"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+#ifdef BRAID_CUDA
+    if (grad_outputs[0].device().is_cuda()) {  // passed on in the dtype it came in
+      Tensor d_out = grad_outputs[0].contiguous();
+      if (sign_ > 0) return {d_out, d_out};
+      return {d_out, cuda_scale(d_out, -1.0, d_out.dtype())};
+    }
+#endif
     Tensor d_out = incoming(grad_outputs[0], autograd::grad_dtype(dtype_));
     if (sign_ > 0) return {d_out, d_out};
-#ifdef BRAID_CUDA
-    if (d_out.device().is_cuda()) return {d_out, cuda_scale(d_out, -1.0, d_out.dtype())};
-#endif
     Tensor d_b = Tensor::empty(d_out.shape(), dtype_);
     dispatch_cpu_float("sub", dtype_, [&]<typename T>() {
       cpu::scale<T>(d_out.data<T>(), T(-1), d_b.data<T>(), d_out.numel());
@@ -76,12 +80,15 @@ class MulNode : public autograd::Node {
   const char* name() const override { return "mul"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
-    Tensor d_out = incoming(grad_outputs[0], autograd::grad_dtype(a_.dtype()));
 #ifdef BRAID_CUDA
-    if (a_.device().is_cuda())
-      return {cuda_binary(gpu::BinaryOp::mul, d_out, b_, DType::f32),
-              cuda_binary(gpu::BinaryOp::mul, d_out, a_, DType::f32)};
+    if (a_.device().is_cuda()) {  // d_out read in the dtype it came in, products in fp32
+      const Tensor d_out = grad_outputs[0].contiguous();
+      const DType grad_dtype = autograd::grad_dtype(a_.dtype());
+      return {cuda_binary(gpu::BinaryOp::mul, d_out, b_, grad_dtype),
+              cuda_binary(gpu::BinaryOp::mul, d_out, a_, grad_dtype)};
+    }
 #endif
+    Tensor d_out = incoming(grad_outputs[0], autograd::grad_dtype(a_.dtype()));
     Tensor d_a = Tensor::empty(a_.shape(), a_.dtype()), d_b = Tensor::empty(b_.shape(), b_.dtype());
     dispatch_cpu_float("mul", a_.dtype(), [&]<typename T>() {
       cpu::mul<T>(d_out.data<T>(), b_.data<T>(), d_a.data<T>(), a_.numel());
@@ -101,10 +108,13 @@ class ScaleNode : public autograd::Node {
   const char* name() const override { return "scale"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
-    Tensor d_out = incoming(grad_outputs[0], autograd::grad_dtype(dtype_));
 #ifdef BRAID_CUDA
-    if (d_out.device().is_cuda()) return {cuda_scale(d_out, factor_, d_out.dtype())};
+    if (grad_outputs[0].device().is_cuda()) {
+      const Tensor d_out = grad_outputs[0].contiguous();
+      return {cuda_scale(d_out, factor_, d_out.dtype())};
+    }
 #endif
+    Tensor d_out = incoming(grad_outputs[0], autograd::grad_dtype(dtype_));
     Tensor d_a = Tensor::empty(d_out.shape(), dtype_);
     dispatch_cpu_float("scale", dtype_, [&]<typename T>() {
       cpu::scale<T>(d_out.data<T>(), T(factor_), d_a.data<T>(), d_out.numel());
@@ -151,10 +161,10 @@ class MulBroadcastLastNode : public autograd::Node {
   const char* name() const override { return "mul_broadcast_last"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
-    Tensor d_out = incoming(grad_outputs[0], autograd::grad_dtype(x_.dtype()));
     const int64_t channels = v_.numel(), rows = channels > 0 ? x_.numel() / channels : 0;
 #ifdef BRAID_CUDA
-    if (x_.device().is_cuda()) {
+    if (x_.device().is_cuda()) {  // the kernel reads and writes gradients in f32
+      const Tensor d_out = incoming(grad_outputs[0], DType::f32);
       Tensor d_x = empty_on(x_, x_.shape(), DType::f32), d_v = empty_on(x_, v_.shape(), DType::f32);
       Tensor workspace = empty_on(
           x_, {std::max<int64_t>(1, gpu::mul_broadcast_last_workspace_floats(rows, channels))},
@@ -165,6 +175,7 @@ class MulBroadcastLastNode : public autograd::Node {
       return {d_x, d_v};
     }
 #endif
+    const Tensor d_out = incoming(grad_outputs[0], autograd::grad_dtype(x_.dtype()));
     Tensor d_x = Tensor::empty(x_.shape(), x_.dtype()), d_v = Tensor::empty(v_.shape(), v_.dtype());
     dispatch_cpu_float("mul_broadcast_last", x_.dtype(), [&]<typename T>() {
       cpu::mul_broadcast_last_backward<T>(x_.data<T>(), v_.data<T>(), d_out.data<T>(),

@@ -29,23 +29,23 @@ class GatedRmsnormNode : public autograd::Node {
     const int64_t channels = weight_.numel();
 #ifdef BRAID_CUDA
     if (y_.device().is_cuda()) {
-      // Values in y's dtype; rstd, the weight and all gradients in f32.
+      // y, z, out and their gradients in y's dtype; rstd, the weight and its gradient in f32.
       const Device device = y_.device();
       cuda_set_device(device.index);
-      Tensor d_out = grad_outputs[0].to(DType::f32).contiguous();
-      Tensor d_y = Tensor::empty(y_.shape(), DType::f32, device);
-      Tensor d_z = Tensor::empty(z_.shape(), DType::f32, device);
+      const DType dtype = y_.dtype();
+      Tensor d_out = grad_outputs[0].to(dtype).contiguous();
+      Tensor d_y = Tensor::empty(y_.shape(), dtype, device);
+      Tensor d_z = Tensor::empty(z_.shape(), dtype, device);
       Tensor d_weight = Tensor::empty(weight_.shape(), DType::f32, device);
       const int64_t rows = y_.numel() / channels, group_size = channels / groups_;
-      Tensor workspace = Tensor::empty(
-          {int64_t(kernels::cuda::gated_rmsnorm_workspace_floats(rows, groups_, group_size,
-                                                                 y_.dtype()))},
-          DType::f32, device);
+      const size_t workspace_floats =
+          kernels::cuda::gated_rmsnorm_workspace_floats(rows, groups_, group_size, dtype);
+      Tensor workspace = Tensor::empty({int64_t(workspace_floats)}, DType::f32, device);
       kernels::cuda::gated_rmsnorm_backward(y_.raw_data(), z_.raw_data(), weight_.data<float>(),
-                                            rstd_.data<float>(), d_out.data<float>(),
-                                            d_y.data<float>(), d_z.data<float>(),
-                                            d_weight.data<float>(), rows, groups_, group_size,
-                                            y_.dtype(), workspace.data<float>(), compute_stream());
+                                            rstd_.data<float>(), d_out.raw_data(), d_y.raw_data(),
+                                            d_z.raw_data(), d_weight.data<float>(), rows, groups_,
+                                            group_size, dtype, workspace.data<float>(),
+                                            compute_stream());
       return {d_y, d_z, d_weight};
     }
 #endif

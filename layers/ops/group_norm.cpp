@@ -28,22 +28,23 @@ class GroupNormNode : public autograd::Node {
     const int64_t channels = weight_.numel();
 #ifdef BRAID_CUDA
     if (x_.device().is_cuda()) {
-      // Values in x's dtype; statistics, parameters and gradients in f32.
+      // x, out and their gradients in x's dtype; statistics, parameters and their gradients in f32.
       const Device device = x_.device();
       cuda_set_device(device.index);
-      Tensor d_out = grad_outputs[0].to(DType::f32).contiguous();
-      Tensor d_x = Tensor::empty(x_.shape(), DType::f32, device);
+      const DType dtype = x_.dtype();
+      Tensor d_out = grad_outputs[0].to(dtype).contiguous();
+      Tensor d_x = Tensor::empty(x_.shape(), dtype, device);
       Tensor d_weight = Tensor::empty(weight_.shape(), DType::f32, device);
       Tensor d_bias = Tensor::empty(weight_.shape(), DType::f32, device);
       const int64_t rows = x_.numel() / channels, group_size = channels / groups_;
       Tensor workspace = Tensor::empty(
-          {int64_t(kernels::cuda::group_norm_workspace_floats(rows, groups_, group_size, x_.dtype()))},
+          {int64_t(kernels::cuda::group_norm_workspace_floats(rows, groups_, group_size, dtype))},
           DType::f32, device);
       kernels::cuda::group_norm_backward(x_.raw_data(), weight_.data<float>(), mean_.data<float>(),
-                                         rstd_.data<float>(), d_out.data<float>(),
-                                         d_x.data<float>(), d_weight.data<float>(),
-                                         d_bias.data<float>(), rows, groups_, group_size,
-                                         x_.dtype(), workspace.data<float>(), compute_stream());
+                                         rstd_.data<float>(), d_out.raw_data(), d_x.raw_data(),
+                                         d_weight.data<float>(), d_bias.data<float>(), rows,
+                                         groups_, group_size, dtype, workspace.data<float>(),
+                                         compute_stream());
       return {d_x, d_weight, d_bias};
     }
 #endif

@@ -41,19 +41,20 @@ class NarrowNode : public autograd::Node {
   int64_t dim_, start_;
 };
 
-// The parts' gradients land side by side in one input gradient: no zero-filled full-size tensor per
-// part and no sums of them, which is what a narrow() per part would cost.
+// The parts' gradients land side by side in one input gradient, in the input's gradient dtype (an
+// fp32 part is rounded on the way): no zero-filled full-size tensor per part and no sums of them,
+// which is what a narrow() per part would cost.
 class SplitNode : public autograd::Node {
  public:
-  SplitNode(Shape input_shape, int64_t dim, std::vector<int64_t> sizes)
-      : input_shape_(std::move(input_shape)), dim_(dim), sizes_(std::move(sizes)) {}
+  SplitNode(Shape input_shape, DType input_dtype, int64_t dim, std::vector<int64_t> sizes)
+      : input_shape_(std::move(input_shape)), input_dtype_(input_dtype), dim_(dim), sizes_(std::move(sizes)) {}
   const char* name() const override { return "split"; }
   std::vector<Tensor> backward(const std::vector<Tensor>& grads) override {
     const Tensor* any = nullptr;
     for (const Tensor& grad : grads)
       if (grad.defined()) any = &grad;
     if (!any) return {Tensor()};
-    Tensor dx = Tensor::empty(input_shape_, any->dtype(), any->device());
+    Tensor dx = Tensor::empty(input_shape_, autograd::grad_dtype(input_dtype_), any->device());
     int64_t start = 0;
     for (size_t i = 0; i < sizes_.size(); ++i) {
       Tensor slot = dx.narrow(dim_, start, sizes_[i]);
@@ -66,6 +67,7 @@ class SplitNode : public autograd::Node {
 
  private:
   Shape input_shape_;
+  DType input_dtype_;
   int64_t dim_;
   std::vector<int64_t> sizes_;
 };
@@ -130,7 +132,8 @@ std::vector<autograd::Var> split(const autograd::Var& x, int64_t dim, const std:
     parts.push_back(x->value.narrow(axis, start, size).clone());
     start += size;
   }
-  return autograd::record(std::make_shared<SplitNode>(x->value.shape(), axis, sizes), {x}, parts);
+  return autograd::record(std::make_shared<SplitNode>(x->value.shape(), x->value.dtype(), axis, sizes), {x},
+                          parts);
 }
 
 autograd::Var concat(const std::vector<autograd::Var>& parts, int64_t dim) {

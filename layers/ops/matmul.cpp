@@ -53,7 +53,7 @@ class MatmulNode : public autograd::Node {
     const int64_t N = trans_b_ ? b_.size(0) : b_.size(1);
     const int64_t ld_a = a_.size(1), ld_b = b_.size(1);
     Tensor d_c = grad_outputs[0].to(a_.dtype()).contiguous();
-    // Gradients are fp32 for bf16 values (autograd::grad_dtype); cuBLASLt writes them directly.
+    // Gradients in the values' dtype (autograd::grad_dtype); cuBLASLt writes them directly.
     const DType grad_dtype = autograd::grad_dtype(a_.dtype());
     Tensor d_a, d_b;
     if (wants_grad(*this, 0)) d_a = Tensor::empty(a_.shape(), grad_dtype, a_.device());
@@ -99,22 +99,23 @@ class MatmulNode : public autograd::Node {
 
 // y (rows, out) = x (rows, in) Wᵀ; dx = dy W, dW = dyᵀ x (summed over every row). `weight_` is the
 // weight in x's dtype: under mixed precision the bf16 copy of the fp32 master weight the forward
-// multiplied with, so backward reuses it.
+// multiplied with, so backward reuses it. dx has x's dtype, dW the master weight's (fp32).
 class LinearNode : public autograd::Node {
  public:
-  LinearNode(Tensor x, Tensor weight) : x_(std::move(x)), weight_(std::move(weight)) {}
+  LinearNode(Tensor x, Tensor weight, DType master_dtype)
+      : x_(std::move(x)), weight_(std::move(weight)), master_dtype_(master_dtype) {}
   const char* name() const override { return "linear"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
     const int64_t out = weight_.size(0), in = weight_.size(1), rows = leading_rows(x_);
     Tensor d_y = grad_outputs[0].to(x_.dtype()).contiguous();
-    const DType grad_dtype = autograd::grad_dtype(x_.dtype());
     Tensor d_x, d_weight;
-    if (wants_grad(*this, 0)) d_x = Tensor::empty(x_.shape(), grad_dtype, x_.device());
-    if (wants_grad(*this, 1)) d_weight = Tensor::empty(weight_.shape(), grad_dtype, weight_.device());
+    if (wants_grad(*this, 0)) d_x = Tensor::empty(x_.shape(), autograd::grad_dtype(x_.dtype()), x_.device());
+    if (wants_grad(*this, 1))
+      d_weight = Tensor::empty(weight_.shape(), autograd::grad_dtype(master_dtype_), weight_.device());
 #ifdef BRAID_CUDA
     if (x_.device().is_cuda()) {
-      // The same products as the CPU path below, in x's dtype, written as fp32 gradients.
+      // The same products as the CPU path below, in x's dtype with fp32 accumulation.
       if (d_x.defined()) cuda_product(false, false, rows, in, out, d_y, out, weight_, in, d_x, in);
       if (d_weight.defined())
         cuda_product(true, false, out, in, rows, d_y, out, x_, in, d_weight, in);
@@ -134,6 +135,7 @@ class LinearNode : public autograd::Node {
 
  private:
   Tensor x_, weight_;
+  DType master_dtype_;
 };
 
 }  // namespace
@@ -190,14 +192,16 @@ autograd::Var linear(const autograd::Var& x, const autograd::Var& weight) {
 #ifdef BRAID_CUDA
   if (x_value.device().is_cuda()) {
     cuda_product(false, true, rows, out, in, x_value, in, w_value, in, y, out);
-    return autograd::record(std::make_shared<LinearNode>(x_value, w_value), {x, weight}, y);
+    return autograd::record(std::make_shared<LinearNode>(x_value, w_value, weight->value.dtype()),
+                            {x, weight}, y);
   }
 #endif
   dispatch_cpu_float("linear", x_value.dtype(), [&]<typename T>() {
     gemm<T>(false, true, rows, out, in, T(1), x_value.data<T>(), in, w_value.data<T>(), in, T(0),
             y.data<T>(), out);
   });
-  return autograd::record(std::make_shared<LinearNode>(x_value, w_value), {x, weight}, y);
+  return autograd::record(std::make_shared<LinearNode>(x_value, w_value, weight->value.dtype()),
+                          {x, weight}, y);
 }
 
 }  // namespace braid::ops

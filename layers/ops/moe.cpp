@@ -20,7 +20,7 @@ namespace braid::ops {
 namespace {
 
 #ifdef BRAID_CUDA
-// Gradients arrive in f32 on CUDA (autograd::grad_dtype); contiguous f32 for the kernels.
+// Gradients arrive in bf16 or f32 (autograd::grad_dtype); the kernels take them contiguous in f32.
 Tensor f32_contiguous(const Tensor& gradient) { return gradient.to(DType::f32).contiguous(); }
 
 // Scratch int32s on `device` (at least one element, so empty inputs still get a valid pointer).

@@ -52,26 +52,27 @@ class RmsnormNode : public autograd::Node {
 
  private:
 #ifdef BRAID_CUDA
-  // The same gradients on the input's device: values in its dtype, gradients and rstd in f32.
+  // The same gradients on the input's device: the activations' gradients in their dtype (the
+  // kernel reads and writes them there), rstd, the weight and its gradient in f32.
   std::vector<Tensor> backward_cuda(const std::vector<Tensor>& grad_outputs) {
     const Device device = input_.device();
     cuda_set_device(device.index);
+    const DType dtype = input_.dtype();
     const Tensor& d_normed_in = grad_outputs[fused_add_ ? 1 : 0];
-    Tensor d_normed = d_normed_in.defined() ? d_normed_in.to(DType::f32).contiguous()
-                                            : Tensor::zeros(input_.shape(), DType::f32, device);
+    Tensor d_normed = d_normed_in.defined() ? d_normed_in.to(dtype).contiguous()
+                                            : Tensor::zeros(input_.shape(), dtype, device);
     Tensor d_sum;
-    if (fused_add_ && grad_outputs[0].defined()) d_sum = grad_outputs[0].to(DType::f32).contiguous();
-    Tensor d_input = Tensor::empty(input_.shape(), DType::f32, device),
+    if (fused_add_ && grad_outputs[0].defined()) d_sum = grad_outputs[0].to(dtype).contiguous();
+    Tensor d_input = Tensor::empty(input_.shape(), dtype, device),
            d_weight = Tensor::empty(weight_.shape(), DType::f32, device);
     const int64_t dim = weight_.numel(), rows = input_.numel() / dim;
     Tensor workspace = Tensor::empty(
-        {int64_t(kernels::cuda::rmsnorm_workspace_floats(rows, dim, input_.dtype()))}, DType::f32,
-        device);
+        {int64_t(kernels::cuda::rmsnorm_workspace_floats(rows, dim, dtype))}, DType::f32, device);
     kernels::cuda::rmsnorm_backward(input_.raw_data(), weight_.data<float>(), rstd_.data<float>(),
-                                    d_normed.data<float>(),
-                                    d_sum.defined() ? d_sum.data<float>() : nullptr,
-                                    d_input.data<float>(), d_weight.data<float>(), rows, dim,
-                                    input_.dtype(), workspace.data<float>(), compute_stream());
+                                    d_normed.raw_data(),
+                                    d_sum.defined() ? d_sum.raw_data() : nullptr,
+                                    d_input.raw_data(), d_weight.data<float>(), rows, dim, dtype,
+                                    workspace.data<float>(), compute_stream());
     if (fused_add_) return {d_input, d_input, d_weight};
     return {d_input, d_weight};
   }

@@ -101,14 +101,17 @@ class SsdNode : public autograd::Node {
 
  private:
 #ifdef BRAID_CUDA
-  // Activations f32 or bf16, everything else f32; every gradient f32 (autograd::grad_dtype).
+  // Activations f32 or bf16, everything else f32. dy is taken as it comes when it has the
+  // activations' dtype (a bf16 dy is exact in the bf16 products), else in f32; the gradients come
+  // out in f32 (the kernels compute in fp32; whoever consumes them rounds them if needed).
   std::vector<Tensor> backward_cuda(const std::vector<Tensor>& grad_outputs) const {
     const Device device = in_.x.device();
     cuda_set_device(device.index);
     const kernels::cuda::SsdProblem problem = cuda_problem(problem_);
-    Tensor dy = grad_outputs[0].defined()
-                    ? aligned(grad_outputs[0].to(DType::f32).contiguous())
-                    : Tensor::zeros(in_.x.shape(), DType::f32, device);
+    const DType dy_dtype =
+        grad_outputs[0].defined() && grad_outputs[0].dtype() == in_.x.dtype() ? in_.x.dtype() : DType::f32;
+    Tensor dy = grad_outputs[0].defined() ? aligned(grad_outputs[0].to(dy_dtype).contiguous())
+                                          : Tensor::zeros(in_.x.shape(), DType::f32, device);
     Tensor d_final = grad_outputs[1].defined()
                          ? aligned(grad_outputs[1].to(DType::f32).contiguous())
                          : Tensor();
@@ -125,7 +128,7 @@ class SsdNode : public autograd::Node {
         grads.D.data<float>(),
         grads.initial_state.defined() ? grads.initial_state.data<float>() : nullptr};
     kernels::cuda::ssd_backward(problem, cuda_inputs(in_), forward_workspace_.data<float>(),
-                                dy.data<float>(), d_final.defined() ? d_final.data<float>() : nullptr,
+                                dy.raw_data(), dy.dtype(), d_final.defined() ? d_final.data<float>() : nullptr,
                                 out, workspace.data<float>(), in_.x.dtype(), compute_stream());
     return {grads.x, grads.dt_raw, grads.dt_bias, grads.A_log,
             grads.B, grads.C,      grads.D,       grads.initial_state};

@@ -24,15 +24,16 @@ class SwigluNode : public autograd::Node {
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
 #ifdef BRAID_CUDA
     if (gate_.device().is_cuda()) {
-      // Values in their dtype, gradients in f32.
+      // Gradients in the activations' dtype (autograd/variable.h), computed in fp32.
       const Device device = gate_.device();
+      const DType dtype = gate_.dtype();
       cuda_set_device(device.index);
-      Tensor d_out = grad_outputs[0].to(DType::f32).contiguous();
-      Tensor d_gate = Tensor::empty(gate_.shape(), DType::f32, device);
-      Tensor d_up = Tensor::empty(up_.shape(), DType::f32, device);
-      kernels::cuda::swiglu_backward(gate_.raw_data(), up_.raw_data(), d_out.data<float>(),
-                                     d_gate.data<float>(), d_up.data<float>(), gate_.numel(),
-                                     gate_.dtype(), compute_stream());
+      Tensor d_out = grad_outputs[0].to(dtype).contiguous();
+      Tensor d_gate = Tensor::empty(gate_.shape(), dtype, device);
+      Tensor d_up = Tensor::empty(up_.shape(), dtype, device);
+      kernels::cuda::swiglu_backward(gate_.raw_data(), up_.raw_data(), d_out.raw_data(),
+                                     d_gate.raw_data(), d_up.raw_data(), gate_.numel(), dtype,
+                                     compute_stream());
       return {d_gate, d_up};
     }
 #endif

@@ -55,9 +55,14 @@ using OpUnderTest = std::function<std::vector<autograd::Var>(const std::vector<a
 // floating output with the same random gradient, runs backward on both, and checks every output and
 // every input gradient of the GPU run against the CPU's with close_to_reference(rtol); integer
 // outputs must be equal. Activations are rounded to `dtype` first, so both runs read the same
-// numbers and the comparison measures only the kernels' own rounding.
+// numbers and the comparison measures only the kernels' own rounding. The output gradients (seeds)
+// reach the GPU in the activation dtype, as a model's backward hands them over (Seeds::f32: in f32
+// whatever the activations), rounded the same for both runs.
+enum class Seeds { activation_dtype, f32 };
 inline void expect_cuda_matches_cpu(const OpUnderTest& op, const std::vector<OpInput>& inputs,
-                                    DType dtype, double rtol, uint64_t seed) {
+                                    DType dtype, double rtol, uint64_t seed,
+                                    Seeds seeds_in = Seeds::activation_dtype) {
+  const DType seed_dtype = seeds_in == Seeds::f32 ? DType::f32 : dtype;
   std::vector<autograd::Var> cpu_inputs, gpu_inputs;
   for (const OpInput& input : inputs) {
     Tensor host = input.value;
@@ -78,7 +83,7 @@ inline void expect_cuda_matches_cpu(const OpUnderTest& op, const std::vector<OpI
     const Tensor& want = cpu_outputs[i]->value;
     if (!is_floating(want.dtype()) || !cpu_outputs[i]->requires_grad) continue;
     cpu_roots.push_back(cpu_outputs[i]);
-    seeds.push_back(random_normal(want.shape(), seed + 1000 + i, DType::f32));
+    seeds.push_back(random_normal(want.shape(), seed + 1000 + i, DType::f32).to(seed_dtype).to(DType::f32));
   }
   if (!cpu_roots.empty()) autograd::backward(cpu_roots, seeds);
 
@@ -99,7 +104,7 @@ inline void expect_cuda_matches_cpu(const OpUnderTest& op, const std::vector<OpI
     if (!cpu_outputs[i]->requires_grad) continue;
     ASSERT_TRUE(gpu_outputs[i]->requires_grad) << "output " << i << " is not differentiable on the GPU";
     gpu_roots.push_back(gpu_outputs[i]);
-    gpu_seeds.push_back(seeds[gpu_seeds.size()].to(Device::cuda(0)));
+    gpu_seeds.push_back(seeds[gpu_seeds.size()].to(seed_dtype).to(Device::cuda(0)));
   }
   if (gpu_roots.empty()) return;
   autograd::backward(gpu_roots, gpu_seeds);
@@ -113,7 +118,11 @@ inline void expect_cuda_matches_cpu(const OpUnderTest& op, const std::vector<OpI
     }
     ASSERT_TRUE(got.defined()) << "input " << i << " got no gradient on the GPU";
     ASSERT_TRUE(got.device().is_cuda()) << "gradient of input " << i << " left the GPU";
-    EXPECT_EQ(got.dtype(), DType::f32) << "gradient of input " << i;
+    // In the value's dtype, or f32 where the op computes it in f32 (autograd/variable.h).
+    const DType value_dtype = gpu_inputs[i]->value.dtype();
+    EXPECT_TRUE(got.dtype() == autograd::grad_dtype(value_dtype) || got.dtype() == DType::f32)
+        << "gradient of input " << i << " is " << dtype_name(got.dtype()) << " for a " << dtype_name(value_dtype)
+        << " value";
     EXPECT_TRUE(close_to_reference(got.to_doubles(), want.to_doubles(), rtol))
         << "gradient of input " << i;
   }

@@ -24,8 +24,8 @@ using CudaConv1d = testing::CudaTest;
 
 // f32: the CPU accumulates in double, the GPU in fp32 (the W-tap sums, and for the weight and bias
 // gradients per-thread runs of 16 steps, then fixed-order block and grid sums over B * T terms), so
-// the gradients carry a few ulps of summation-order difference. bf16: outputs rounded to 8
-// significant bits; gradients are f32 from the same rounded inputs.
+// the gradients carry a few ulps of summation-order difference. bf16: outputs and activation
+// gradients rounded to 8 significant bits (weight and bias gradients f32), from the same rounded inputs.
 constexpr double kF32Rtol = 1e-5;
 constexpr double kBf16Rtol = 1e-2;
 

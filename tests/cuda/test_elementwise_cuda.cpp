@@ -12,8 +12,9 @@ using testing::random_normal;
 
 using CudaElementwise = testing::CudaTest;
 
-// Flat sizes: one element, an odd count, and one past a grid-stride step of the kernels.
-const int64_t kSizes[] = {1, 37, 1048577};
+// Flat sizes: one element, an odd count, one past a grid-stride step of the kernels, and a multiple
+// of 8 one vector past a grid-stride step of binary's 8-element path.
+const int64_t kSizes[] = {1, 37, 1048577, 8 * 1048577};
 
 TEST_F(CudaElementwise, AddSubMulMatchTheCpu) {
   uint64_t seed = 10;

@@ -148,7 +148,7 @@ struct OpResult {
 };
 
 // Runs `op` on leaves holding `first` and `second` on `device`, backpropagates `seed`, and
-// returns the output and both gradients (checked to be f32) as doubles.
+// returns the output and both gradients (checked to be in their values' dtypes) as doubles.
 template <typename Op>
 OpResult run_op(Op&& op, const Tensor& first, const Tensor& second, const Tensor& seed,
                 Device device) {
@@ -157,8 +157,8 @@ OpResult run_op(Op&& op, const Tensor& first, const Tensor& second, const Tensor
   autograd::Var y = op(x, w);
   EXPECT_TRUE(y->value.device() == device);
   autograd::backward({y}, {seed.to(device)});
-  EXPECT_EQ(x->grad.dtype(), DType::f32);
-  EXPECT_EQ(w->grad.dtype(), DType::f32);
+  EXPECT_EQ(x->grad.dtype(), autograd::grad_dtype(x->value.dtype()));
+  EXPECT_EQ(w->grad.dtype(), autograd::grad_dtype(w->value.dtype()));
   EXPECT_TRUE(x->grad.device() == device);
   return {y->value.to_doubles(), x->grad.to_doubles(), w->grad.to_doubles()};
 }
@@ -202,9 +202,10 @@ TEST_F(CudaMatmul, MatmulEveryTransposeMatchesTheCpu) {
     }
 }
 
-TEST_F(CudaMatmul, LinearBf16GivesF32GradientsCloseToTheCpu) {
-  // The CPU reference runs in f32 on the bf16-rounded values; the device rounds outputs and the
-  // incoming gradient to bf16 (8 significant bits).
+TEST_F(CudaMatmul, LinearBf16GradientsCloseToTheCpu) {
+  // The CPU reference runs in f32 on the bf16-rounded values; the device rounds outputs, the
+  // incoming gradient and x's gradient to bf16 (8 significant bits). A bf16 weight (an activation
+  // used as a matrix) gets a bf16 gradient, an fp32 master weight an fp32 one (run_op checks).
   Tensor x = testing::random_normal({4, 9, 64}, 600, DType::bf16);
   Tensor w = testing::random_normal({48, 64}, 601, DType::bf16, 0.2);
   Tensor dy = testing::random_normal({4, 9, 48}, 602, DType::bf16);
@@ -212,6 +213,8 @@ TEST_F(CudaMatmul, LinearBf16GivesF32GradientsCloseToTheCpu) {
                         Device::cpu());
   OpResult cuda = run_op(ops::linear, x, w, dy.to(DType::f32), Device::cuda(0));
   expect_same(cuda, cpu, 1e-2, 5e-2);
+  OpResult master = run_op(ops::linear, x, w.to(DType::f32), dy.to(DType::f32), Device::cuda(0));
+  expect_same(master, cpu, 1e-2, 5e-2);
 }
 
 TEST_F(CudaMatmul, RejectsF64OnTheDevice) {

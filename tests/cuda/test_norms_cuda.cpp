@@ -27,7 +27,8 @@ using CudaNorms = testing::CudaTest;
 
 // f32: both sides compute in fp32 (group_norm and gated_rmsnorm's CPU twins in double); only the
 // summation order differs. bf16: outputs are rounded to 8 significant bits (and add_rmsnorm
-// normalizes the rounded sum), gradients are f32 from the same rounded inputs.
+// normalizes the rounded sum), activation gradients too (weight and bias gradients f32), from the
+// same rounded inputs.
 constexpr double kF32Rtol = 1e-5;
 constexpr double kBf16Rtol = 1e-2;
 

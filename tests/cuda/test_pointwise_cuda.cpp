@@ -20,7 +20,7 @@ using testing::OpInput;
 using CudaPointwise = testing::CudaTest;
 
 // f32: the same fp32 formulas on both sides (expf may differ from the host's exp by an ulp).
-// bf16: outputs rounded to 8 significant bits; gradients are f32 from the same rounded inputs.
+// bf16: outputs and gradients rounded to 8 significant bits, from the same rounded inputs.
 constexpr double kF32Rtol = 1e-5;
 constexpr double kBf16Rtol = 1e-2;
 
