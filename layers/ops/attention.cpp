@@ -49,7 +49,8 @@ class AttentionNode : public autograd::Node {
 
  private:
 #ifdef BRAID_CUDA
-  // Gradients in f32 (DESIGN.md "Precision") from the saved q, k, v, out (f32 or bf16) and f32 LSE.
+  // Gradients computed and handed over in f32 (autograd/variable.h) from the saved q, k, v, out (f32
+  // or bf16) and f32 LSE.
   std::vector<Tensor> cuda_backward(const std::vector<Tensor>& grad_outputs) {
     const Device device = q_.device();
     if (!grad_outputs[0].defined())

@@ -29,7 +29,8 @@ class RopeNode : public autograd::Node {
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
 #ifdef BRAID_CUDA
     if (device_.is_cuda()) {
-      // Gradients are f32 whatever the activation dtype (DESIGN.md "Precision").
+      // The kernel reads and writes f32 gradients whatever the activation dtype (a bf16 one is
+      // widened; an f32 result for a bf16 value is allowed, autograd/variable.h).
       if (!grad_outputs[0].defined()) return {Tensor::zeros(shape_, DType::f32, device_)};
       Tensor d_out = grad_outputs[0].to(DType::f32).contiguous();
       Tensor d_x = Tensor::empty(shape_, DType::f32, device_);
