@@ -20,6 +20,12 @@ namespace cpu = kernels::cpu;
 // The gradient of an output, in `dtype` and contiguous.
 Tensor incoming(const Tensor& grad, DType dtype) { return grad.to(dtype).contiguous(); }
 
+// The same for backwards whose CUDA kernels take any float dtype: there the gradient keeps the dtype
+// it came in (an fp32 one is not rounded just to be read); the CPU kernels take `cpu_dtype`.
+Tensor incoming_any(const Tensor& grad, DType cpu_dtype) {
+  return grad.device().is_cuda() ? grad.contiguous() : incoming(grad, cpu_dtype);
+}
+
 #ifdef BRAID_CUDA
 namespace gpu = kernels::cuda;
 
@@ -52,15 +58,11 @@ class AddNode : public autograd::Node {
   const char* name() const override { return sign_ > 0 ? "add" : "sub"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
-#ifdef BRAID_CUDA
-    if (grad_outputs[0].device().is_cuda()) {  // passed on in the dtype it came in
-      Tensor d_out = grad_outputs[0].contiguous();
-      if (sign_ > 0) return {d_out, d_out};
-      return {d_out, cuda_scale(d_out, -1.0, d_out.dtype())};
-    }
-#endif
-    Tensor d_out = incoming(grad_outputs[0], autograd::grad_dtype(dtype_));
+    Tensor d_out = incoming_any(grad_outputs[0], autograd::grad_dtype(dtype_));
     if (sign_ > 0) return {d_out, d_out};
+#ifdef BRAID_CUDA
+    if (d_out.device().is_cuda()) return {d_out, cuda_scale(d_out, -1.0, d_out.dtype())};
+#endif
     Tensor d_b = Tensor::empty(d_out.shape(), dtype_);
     dispatch_cpu_float("sub", dtype_, [&]<typename T>() {
       cpu::scale<T>(d_out.data<T>(), T(-1), d_b.data<T>(), d_out.numel());
@@ -80,15 +82,13 @@ class MulNode : public autograd::Node {
   const char* name() const override { return "mul"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+    const DType grad_dtype = autograd::grad_dtype(a_.dtype());
+    Tensor d_out = incoming_any(grad_outputs[0], grad_dtype);
 #ifdef BRAID_CUDA
-    if (a_.device().is_cuda()) {  // d_out read in the dtype it came in, products in fp32
-      const Tensor d_out = grad_outputs[0].contiguous();
-      const DType grad_dtype = autograd::grad_dtype(a_.dtype());
+    if (a_.device().is_cuda())  // products in fp32
       return {cuda_binary(gpu::BinaryOp::mul, d_out, b_, grad_dtype),
               cuda_binary(gpu::BinaryOp::mul, d_out, a_, grad_dtype)};
-    }
 #endif
-    Tensor d_out = incoming(grad_outputs[0], autograd::grad_dtype(a_.dtype()));
     Tensor d_a = Tensor::empty(a_.shape(), a_.dtype()), d_b = Tensor::empty(b_.shape(), b_.dtype());
     dispatch_cpu_float("mul", a_.dtype(), [&]<typename T>() {
       cpu::mul<T>(d_out.data<T>(), b_.data<T>(), d_a.data<T>(), a_.numel());
@@ -108,13 +108,10 @@ class ScaleNode : public autograd::Node {
   const char* name() const override { return "scale"; }
 
   std::vector<Tensor> backward(const std::vector<Tensor>& grad_outputs) override {
+    Tensor d_out = incoming_any(grad_outputs[0], autograd::grad_dtype(dtype_));
 #ifdef BRAID_CUDA
-    if (grad_outputs[0].device().is_cuda()) {
-      const Tensor d_out = grad_outputs[0].contiguous();
-      return {cuda_scale(d_out, factor_, d_out.dtype())};
-    }
+    if (d_out.device().is_cuda()) return {cuda_scale(d_out, factor_, d_out.dtype())};
 #endif
-    Tensor d_out = incoming(grad_outputs[0], autograd::grad_dtype(dtype_));
     Tensor d_a = Tensor::empty(d_out.shape(), dtype_);
     dispatch_cpu_float("scale", dtype_, [&]<typename T>() {
       cpu::scale<T>(d_out.data<T>(), T(factor_), d_a.data<T>(), d_out.numel());
