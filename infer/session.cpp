@@ -128,7 +128,7 @@ namespace {
 
 // Next-token logits (batch, vocab) fp32 from the final hidden states (batch, 1, d).
 Tensor head_logits(const HybridLM& model, const autograd::Var& hidden, const InferenceStep& step) {
-  autograd::Var logits = ops::linear(hidden, step.weight(model.embedding().weight()));
+  autograd::Var logits = ops::linear_of_constant_weight(hidden, step.weight(model.embedding().weight()));
   return ops::cast(logits, DType::f32)->value.reshape({hidden->value.size(0), model.config().vocab_size});
 }
 

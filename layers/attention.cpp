@@ -79,9 +79,10 @@ Attention::Outputs Attention::attend_cached(const autograd::Var& x, LayerCache& 
   auto heads_of = [&](const autograd::Var& projected, int64_t heads, int64_t dim) {
     return ops::reshape(projected, {batch, time, heads, dim})->value;
   };
-  Tensor q = heads_of(project(*q_proj_, x, &step), shape_.n_heads, shape_.qk_head_dim);
-  Tensor k = heads_of(project(*k_proj_, x, &step), shape_.n_kv_heads, shape_.qk_head_dim);
-  autograd::Var value = project(*v_proj_, x, &step);
+  const std::vector<autograd::Var> qkv = project_all({q_proj_, k_proj_, v_proj_}, x, step);
+  Tensor q = heads_of(qkv[0], shape_.n_heads, shape_.qk_head_dim);
+  Tensor k = heads_of(qkv[1], shape_.n_kv_heads, shape_.qk_head_dim);
+  const autograd::Var& value = qkv[2];
   Tensor v = heads_of(value, shape_.n_kv_heads, shape_.v_head_dim);
   const int64_t window = shape_.mask.window, sink = shape_.mask.sink;
   const bool windowed = window > 0;

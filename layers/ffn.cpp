@@ -4,6 +4,7 @@
 #include "layers/basic.h"
 #include "layers/ops/elementwise.h"
 #include "layers/ops/layout.h"
+#include "layers/ops/matmul.h"
 #include "layers/ops/moe.h"
 #include "layers/ops/swiglu.h"
 
@@ -21,7 +22,9 @@ autograd::Var SwiGLU::forward(const autograd::Var& x) const {
 }
 
 autograd::Var SwiGLU::forward_inference(const autograd::Var& x, const InferenceStep& step) const {
-  return project(*down_proj_, ops::swiglu(project(*gate_proj_, x, &step), project(*up_proj_, x, &step)), &step);
+  const autograd::Var hidden =
+      ops::swiglu_of_constant_weights(x, step.weight(gate_proj_->weight()), step.weight(up_proj_->weight()));
+  return project(*down_proj_, hidden, &step);
 }
 
 MoE::MoE(int64_t d_model, const FfnConfig& config, const TensorOptions& options, double init_std,

@@ -17,7 +17,14 @@ autograd::Var WeightMap::operator()(const autograd::Var& parameter) const {
 }
 
 autograd::Var project(const Linear& linear, const autograd::Var& x, const InferenceStep* step) {
-  return step ? ops::linear(x, step->weight(linear.weight())) : linear.forward(x);
+  return step ? ops::linear_of_constant_weight(x, step->weight(linear.weight())) : linear.forward(x);
+}
+
+std::vector<autograd::Var> project_all(const std::vector<const Linear*>& linears, const autograd::Var& x,
+                                       const InferenceStep& step) {
+  std::vector<autograd::Var> weights;
+  for (const Linear* linear : linears) weights.push_back(step.weight(linear->weight()));
+  return ops::linears_of_constant_weights(x, weights);
 }
 
 }  // namespace braid

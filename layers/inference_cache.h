@@ -12,6 +12,7 @@
 #pragma once
 
 #include <unordered_map>
+#include <vector>
 
 #include "autograd/variable.h"
 
@@ -56,6 +57,11 @@ struct InferenceStep {
 
 // x times the linear layer's weight as the step serves it (the converted copy when there is one).
 autograd::Var project(const Linear& linear, const autograd::Var& x, const InferenceStep* step);
+
+// x times each linear layer's served weight, in one launch where the backend has one for it (a
+// decode step's products of one input: gate and up, or q, k and v).
+std::vector<autograd::Var> project_all(const std::vector<const Linear*>& linears, const autograd::Var& x,
+                                       const InferenceStep& step);
 
 // The slot of `position` in a W layer's cache (layout above).
 inline int64_t window_slot(int64_t position, int64_t window, int64_t sink) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/launch.h"
 #include "kernels/cuda/mma.cuh"
 
 namespace braid::kernels::cuda {
@@ -77,6 +78,10 @@ cache_attention_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, c
                        const int32_t* __restrict__ lengths, T* __restrict__ out, float* __restrict__ partial_o,
                        float* __restrict__ partial_lse, CacheAttentionDims dims, CacheAttentionPlan plan,
                        int64_t window, int64_t sink, float scale) {
+  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
+  // before the kernel ahead has finished.
+  allow_dependent_launch();
+  wait_for_prior_grids();
   constexpr int kTile = cache_attention_tile<T>(), kParts = kThreads / kTile;
   extern __shared__ __align__(16) unsigned char shared[];
   const int Dk = int(dims.qk_dim), Dv = int(dims.v_dim);
@@ -269,6 +274,10 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
 cache_attention_merge_kernel(const float* __restrict__ partial_o, const float* __restrict__ partial_lse,
                              T* __restrict__ out, int64_t splits, int64_t Dv) {
+  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
+  // before the kernel ahead has finished.
+  allow_dependent_launch();
+  wait_for_prior_grids();
   const int64_t slot = blockIdx.x;  // row * Hq + h
   const float* lse = partial_lse + slot * splits;
   const int lane = threadIdx.x & 31;
@@ -294,6 +303,10 @@ template <typename T>
 __global__ void kv_cache_write_kernel(T* __restrict__ cache, const T* __restrict__ values,
                                       const int32_t* __restrict__ slots, int64_t time, int64_t heads,
                                       int64_t capacity, int64_t dim, int64_t total) {
+  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
+  // before the kernel ahead has finished.
+  allow_dependent_launch();
+  wait_for_prior_grids();
   const int64_t index = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (index >= total) return;
   const int64_t d = index % dim, h = (index / dim) % heads, bt = index / (dim * heads);
@@ -311,6 +324,10 @@ template <typename T>
 __global__ void rope_at_positions_kernel(const T* __restrict__ x, T* __restrict__ out, RopeFrequencies frequencies,
                                          const int32_t* __restrict__ positions, int64_t time, int64_t heads,
                                          int64_t head_dim, int64_t total) {
+  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
+  // before the kernel ahead has finished.
+  allow_dependent_launch();
+  wait_for_prior_grids();
   const int64_t index = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // over (b, t, h, i < D/2)
   if (index >= total) return;
   const int64_t half = head_dim / 2;
@@ -344,6 +361,10 @@ __global__ void conv_state_update_kernel(T* __restrict__ state, const T* __restr
                                          const float* __restrict__ weight, const float* __restrict__ bias,
                                          T* __restrict__ out, int64_t channels, int64_t width, bool apply_silu,
                                          int64_t total) {
+  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
+  // before the kernel ahead has finished.
+  allow_dependent_launch();
+  wait_for_prior_grids();
   const int64_t index = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // over (b, c)
   if (index >= total) return;
   const int64_t b = index / channels, c = index % channels, kept = width - 1;
@@ -359,13 +380,20 @@ __global__ void conv_state_update_kernel(T* __restrict__ state, const T* __restr
 }
 
 constexpr int kSsmRowsPerWarp = 4;
+constexpr int kSsmMaxStatePerLane = 4;  // d_state up to 128 keeps a warp's rows in registers
 
 // Grid (P-blocks, H, B): each warp updates kSsmRowsPerWarp rows p of one head's state, lanes across N.
-template <typename T>
+// With kPerLane > 0 (N <= 32 kPerLane) a warp loads all its rows' states before updating any, so
+// their memory latencies overlap; kPerLane == 0 walks N in steps of 32, row by row.
+template <typename T, int kPerLane>
 __global__ void __launch_bounds__(kThreads)
 ssm_state_update_kernel(float* __restrict__ state, const T* __restrict__ x, const T* __restrict__ dt_raw,
                         const float* __restrict__ dt_bias, const float* __restrict__ A_log, const T* __restrict__ B,
                         const T* __restrict__ C, const float* __restrict__ D, T* __restrict__ y, SsmStepDims dims) {
+  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
+  // before the kernel ahead has finished.
+  allow_dependent_launch();
+  wait_for_prior_grids();
   const int64_t h = blockIdx.y, b = blockIdx.z;
   const int64_t H = dims.heads, P = dims.head_dim, N = dims.state;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -376,17 +404,47 @@ ssm_state_update_kernel(float* __restrict__ state, const T* __restrict__ x, cons
   const T* Bg = B + b * dims.B_row_stride + g * N;
   const T* Cg = C + b * dims.C_row_stride + g * N;
   const int64_t first_row = (int64_t(blockIdx.x) * kWarps + warp) * kSsmRowsPerWarp;
-  for (int64_t p = first_row; p < min(first_row + kSsmRowsPerWarp, P); ++p) {
-    const float xp = to_float(x[b * dims.x_row_stride + h * P + p]);
-    float* s = state + ((b * H + h) * P + p) * N;
-    float dot = 0.f;
-    for (int64_t n = lane; n < N; n += 32) {
-      const float updated = alpha * s[n] + delta * xp * to_float(Bg[n]);
-      s[n] = updated;
-      dot += updated * to_float(Cg[n]);
+  const int64_t rows_left = P - first_row;
+  const int rows = rows_left <= 0 ? 0 : int(rows_left < kSsmRowsPerWarp ? rows_left : kSsmRowsPerWarp);
+  float* rows_state = state + ((b * H + h) * P + first_row) * N;
+  float xp[kSsmRowsPerWarp];
+#pragma unroll
+  for (int r = 0; r < kSsmRowsPerWarp; ++r) xp[r] = r < rows ? to_float(x[b * dims.x_row_stride + h * P + first_row + r]) : 0.f;
+  float dot[kSsmRowsPerWarp] = {};
+  if constexpr (kPerLane > 0) {
+    float old[kSsmRowsPerWarp][kPerLane], bn[kPerLane], cn[kPerLane];
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int64_t n = lane + 32 * i;
+      bn[i] = n < N ? to_float(Bg[n]) : 0.f;
+      cn[i] = n < N ? to_float(Cg[n]) : 0.f;
+#pragma unroll
+      for (int r = 0; r < kSsmRowsPerWarp; ++r) old[r][i] = r < rows && n < N ? rows_state[r * N + n] : 0.f;
     }
-    dot = warp_sum(dot);
-    if (lane == 0) y[(b * H + h) * P + p] = from_float<T>(dot + D[h] * xp);
+#pragma unroll
+    for (int r = 0; r < kSsmRowsPerWarp; ++r) {
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        const int64_t n = lane + 32 * i;
+        const float updated = alpha * old[r][i] + delta * xp[r] * bn[i];
+        if (r < rows && n < N) rows_state[r * N + n] = updated;
+        dot[r] += updated * cn[i];
+      }
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < kSsmRowsPerWarp; ++r) {
+      for (int64_t n = lane; r < rows && n < N; n += 32) {
+        const float updated = alpha * rows_state[r * N + n] + delta * xp[r] * to_float(Bg[n]);
+        rows_state[r * N + n] = updated;
+        dot[r] += updated * to_float(Cg[n]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kSsmRowsPerWarp; ++r) {
+    const float total = warp_sum(dot[r]);
+    if (lane == 0 && r < rows) y[(b * H + h) * P + first_row + r] = from_float<T>(total + D[h] * xp[r]);
   }
 }
 
@@ -428,10 +486,9 @@ void launch_cache_attention(const void* q, const void* k_cache, const void* v_ca
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
   const dim3 grid(unsigned(plan.splits), unsigned(dims.kv_heads * plan.head_blocks),
                   unsigned(dims.batch * dims.queries));
-  kernel<<<grid, kThreads, shared_bytes, stream>>>(
-      static_cast<const T*>(q), static_cast<const T*>(k_cache), static_cast<const T*>(v_cache), lengths,
-      static_cast<T*>(out), partial_o, partial_lse, dims, plan, window, sink, scale);
-  CUDA_CHECK_LAST_LAUNCH();
+  launch_dependent(kernel, grid, dim3(kThreads), shared_bytes, stream, static_cast<const T*>(q),
+                   static_cast<const T*>(k_cache), static_cast<const T*>(v_cache), lengths, static_cast<T*>(out),
+                   partial_o, partial_lse, dims, plan, window, sink, scale);
 }
 
 }  // namespace
@@ -489,9 +546,8 @@ void cache_attention(const void* q, const void* k_cache, const void* v_cache, co
       default: launch.template operator()<kMaxHeadsPerCta>(); break;
     }
     if (plan.splits > 1) {
-      cache_attention_merge_kernel<T><<<unsigned(rows * dims.q_heads), kThreads, 0, stream>>>(
-          partial_o, partial_lse, static_cast<T*>(out), plan.splits, dims.v_dim);
-      CUDA_CHECK_LAST_LAUNCH();
+      launch_dependent(cache_attention_merge_kernel<T>, dim3(unsigned(rows * dims.q_heads)), dim3(kThreads), 0,
+                       stream, partial_o, partial_lse, static_cast<T*>(out), plan.splits, dims.v_dim);
     }
   });
 }
@@ -501,9 +557,8 @@ void kv_cache_write(void* cache, const void* values, const int32_t* slots, int64
   const int64_t total = batch * time * heads * dim;
   if (total == 0) return;
   dispatch_activation("kv_cache_write", dtype, [&]<typename T>() {
-    kv_cache_write_kernel<T><<<unsigned(ceil_div(total, 256)), 256, 0, stream>>>(
-        static_cast<T*>(cache), static_cast<const T*>(values), slots, time, heads, capacity, dim, total);
-    CUDA_CHECK_LAST_LAUNCH();
+    launch_dependent(kv_cache_write_kernel<T>, dim3(unsigned(ceil_div(total, 256))), dim3(256), 0, stream,
+                     static_cast<T*>(cache), static_cast<const T*>(values), slots, time, heads, capacity, dim, total);
   });
 }
 
@@ -517,9 +572,9 @@ void rope_at_positions(const void* x, void* out, const double* inverse_frequenci
   RopeFrequencies frequencies{};
   for (int64_t i = 0; i < half; ++i) frequencies.value[i] = inverse_frequencies[i];
   dispatch_activation("rope_at_positions", dtype, [&]<typename T>() {
-    rope_at_positions_kernel<T><<<unsigned(ceil_div(total, 256)), 256, 0, stream>>>(
-        static_cast<const T*>(x), static_cast<T*>(out), frequencies, positions, time, heads, head_dim, total);
-    CUDA_CHECK_LAST_LAUNCH();
+    launch_dependent(rope_at_positions_kernel<T>, dim3(unsigned(ceil_div(total, 256))), dim3(256), 0, stream,
+                     static_cast<const T*>(x), static_cast<T*>(out), frequencies, positions, time, heads, head_dim,
+                     total);
   });
 }
 
@@ -529,10 +584,9 @@ void conv_state_update(void* state, const void* x, int64_t x_row_stride, const f
   const int64_t total = batch * channels;
   if (total == 0) return;
   dispatch_activation("conv_state_update", dtype, [&]<typename T>() {
-    conv_state_update_kernel<T><<<unsigned(ceil_div(total, 256)), 256, 0, stream>>>(
-        static_cast<T*>(state), static_cast<const T*>(x), x_row_stride, weight, bias, static_cast<T*>(out), channels,
-        width, apply_silu, total);
-    CUDA_CHECK_LAST_LAUNCH();
+    launch_dependent(conv_state_update_kernel<T>, dim3(unsigned(ceil_div(total, 256))), dim3(256), 0, stream,
+                     static_cast<T*>(state), static_cast<const T*>(x), x_row_stride, weight, bias, static_cast<T*>(out),
+                     channels, width, apply_silu, total);
   });
 }
 
@@ -550,11 +604,19 @@ void ssm_state_update(float* state, const void* x, const void* dt_raw, const flo
   if (dims.batch == 0 || dims.heads == 0 || dims.head_dim == 0) return;
   const int64_t row_blocks = ceil_div(dims.head_dim, int64_t(kWarps) * kSsmRowsPerWarp);
   dispatch_activation("ssm_state_update", dtype, [&]<typename T>() {
-    ssm_state_update_kernel<T><<<dim3(unsigned(row_blocks), unsigned(dims.heads), unsigned(dims.batch)), kThreads, 0,
-                                 stream>>>(state, static_cast<const T*>(x), static_cast<const T*>(dt_raw), dt_bias,
-                                           A_log, static_cast<const T*>(B), static_cast<const T*>(C), D,
-                                           static_cast<T*>(y), dims);
-    CUDA_CHECK_LAST_LAUNCH();
+    auto launch = [&]<int kPerLane>() {
+      launch_dependent(ssm_state_update_kernel<T, kPerLane>,
+                       dim3(unsigned(row_blocks), unsigned(dims.heads), unsigned(dims.batch)), dim3(kThreads), 0, stream,
+                       state, static_cast<const T*>(x), static_cast<const T*>(dt_raw), dt_bias, A_log,
+                       static_cast<const T*>(B), static_cast<const T*>(C), D, static_cast<T*>(y), dims);
+    };
+    switch (ceil_div(dims.state, 32)) {
+      case 1: launch.template operator()<1>(); break;
+      case 2: launch.template operator()<2>(); break;
+      case 3:
+      case kSsmMaxStatePerLane: launch.template operator()<kSsmMaxStatePerLane>(); break;
+      default: launch.template operator()<0>(); break;
+    }
   });
 }
 

@@ -28,6 +28,7 @@
 #include <tuple>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/launch.h"
 
 namespace braid::kernels::cuda {
 
@@ -112,6 +113,10 @@ struct BackwardArgs {
 
 template <SegmentNorm kKind, typename T, int V, TeamMode kMode>
 __global__ void __launch_bounds__(kMaxTeamThreads) segment_norm_forward_kernel(const ForwardArgs args) {
+  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
+  // before the kernel ahead has finished.
+  allow_dependent_launch();
+  wait_for_prior_grids();
   constexpr int kVecs = kElemsPerThread / V;
   constexpr bool kCached = kMode != TeamMode::chunked;
   constexpr bool kGroup = kKind == SegmentNorm::group;
@@ -446,20 +451,6 @@ int choose_vec(DType dtype, int64_t size, bool pointers_aligned) {
   return size % width == 0 && pointers_aligned ? width : 1;
 }
 
-int sm_count() {
-  static std::mutex mutex;
-  static std::map<int, int> counts;
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  std::lock_guard<std::mutex> lock(mutex);
-  auto found = counts.find(device);
-  if (found != counts.end()) return found->second;
-  int count = 0;
-  CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  counts[device] = count;
-  return count;
-}
-
 // Blocks of `kernel` with `threads` threads that fit on one SM at once.
 int resident_blocks(const void* kernel, int threads) {
   static std::mutex mutex;
@@ -591,8 +582,7 @@ void segment_norm_forward(SegmentNorm kind, const void* a, const void* b, const 
   const int64_t blocks = std::min<int64_t>(ceil_div(segments, plan.teams_per_block), INT_MAX);
   const ForwardArgs args{a, b, weight, bias, sum, out, mean, rstd,
                          segments, groups, group_size, eps, b_row_stride};
-  kernel<<<unsigned(blocks), plan.threads, 0, stream>>>(args);
-  CUDA_CHECK_LAST_LAUNCH();
+  launch_dependent(kernel, dim3(unsigned(blocks)), dim3(unsigned(plan.threads)), 0, stream, args);
 }
 
 size_t segment_norm_workspace_floats(SegmentNorm kind, int64_t rows, int64_t groups,

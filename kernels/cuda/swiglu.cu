@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/launch.h"
 
 namespace braid::kernels::cuda {
 
@@ -44,6 +45,10 @@ __device__ __forceinline__ void swiglu_forward_at(const T* gate, const T* up, T*
 template <typename T, int V, int kUnroll, bool kRows>
 __global__ void __launch_bounds__(kThreads) swiglu_forward_kernel(const T* gate, const T* up, T* out,
                                                                   int64_t n, GateLayout layout) {
+  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
+  // before the kernel ahead has finished.
+  allow_dependent_launch();
+  wait_for_prior_grids();
   const int64_t vectors = n / V;
   const int64_t step = int64_t(gridDim.x) * kThreads * kUnroll;
   for (int64_t base = int64_t(blockIdx.x) * kThreads * kUnroll + threadIdx.x; base < vectors;
@@ -158,14 +163,13 @@ void swiglu_forward(const void* gate, const void* up, void* out, int64_t n, DTyp
     const T* u = static_cast<const T*>(up);
     T* o = static_cast<T*>(out);
     auto launch = [&]<int V, bool kRows>() {
-      swiglu_forward_kernel<T, V, kUnroll, kRows>
-          <<<grid_for(n, V, kUnroll), kThreads, 0, stream>>>(g, u, o, n, layout);
+      launch_dependent(swiglu_forward_kernel<T, V, kUnroll, kRows>, grid_for(n, V, kUnroll), dim3(kThreads), 0, stream,
+                       g, u, o, n, layout);
     };
     if (vector && rows) launch.template operator()<kVec, true>();
     else if (vector) launch.template operator()<kVec, false>();
     else if (rows) launch.template operator()<1, true>();
     else launch.template operator()<1, false>();
-    CUDA_CHECK_LAST_LAUNCH();
   });
 }
 

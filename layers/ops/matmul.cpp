@@ -4,9 +4,11 @@
 #include "kernels/cpu/gemm.h"
 #include "layers/ops/checks.h"
 #include "layers/ops/dispatch.h"
+#include "layers/ops/swiglu.h"
 
 #ifdef BRAID_CUDA
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/gemv.h"
 #include "runtime/cuda_stream.h"
 #include "runtime/device_copy.h"
 #endif
@@ -169,7 +171,10 @@ autograd::Var matmul(const autograd::Var& a, const autograd::Var& b, bool trans_
                           c);
 }
 
-autograd::Var linear(const autograd::Var& x, const autograd::Var& weight) {
+namespace {
+
+// x and a linear layer's weight checked, contiguous, the weight in x's dtype.
+std::pair<Tensor, Tensor> linear_operands(const autograd::Var& x, const autograd::Var& weight) {
   check_dim("linear", "weight", weight->value, 2);
   BRAID_CHECK(x->value.dim() >= 1, "linear: x must have at least 1 dimension, got shape ",
               shape_str(x->value.shape()), " (weight has shape ", shape_str(weight->value.shape()),
@@ -184,24 +189,100 @@ autograd::Var linear(const autograd::Var& x, const autograd::Var& weight) {
     check_same_type("linear", "x", x->value, "weight", weight->value);
   else
     check_param("linear", "weight", weight->value, x->value);
-  Tensor x_value = x->value.contiguous(), w_value = weight->value.to(x->value.dtype()).contiguous();
-  const int64_t out = w_value.size(0), in = w_value.size(1), rows = leading_rows(x_value);
-  Shape y_shape = x_value.shape();
-  y_shape.back() = out;
-  Tensor y = Tensor::empty(y_shape, x_value.dtype(), x_value.device());
+  return {x->value.contiguous(), weight->value.to(x->value.dtype()).contiguous()};
+}
+
+// x times each weight (all of x's inner size).
+std::vector<autograd::Var> linear_products(const autograd::Var& x, const std::vector<autograd::Var>& weights,
+                                           bool weights_are_constant) {
+  Tensor x_value;
+  std::vector<Tensor> w_values, ys;
+  for (const autograd::Var& weight : weights) {
+    auto [x_checked, w_value] = linear_operands(x, weight);
+    x_value = std::move(x_checked);
+    Shape y_shape = x_value.shape();
+    y_shape.back() = w_value.size(0);
+    ys.push_back(Tensor::empty(y_shape, x_value.dtype(), x_value.device()));
+    w_values.push_back(std::move(w_value));
+  }
+  const int64_t in = x_value.size(-1), rows = leading_rows(x_value);
 #ifdef BRAID_CUDA
   if (x_value.device().is_cuda()) {
-    cuda_product(false, true, rows, out, in, x_value, in, w_value, in, y, out);
-    return autograd::record(std::make_shared<LinearNode>(x_value, w_value, weight->value.dtype()),
-                            {x, weight}, y);
+    // A decode step's few rows: one kernel streams every weight at the card's bandwidth. A weight
+    // converted above was just written, so the weights count as constant only when used as stored.
+    std::vector<kernels::cuda::GemvProduct> products;
+    bool as_stored = true;
+    for (size_t i = 0; i < weights.size(); ++i) {
+      products.push_back({w_values[i].raw_data(), w_values[i].size(0), ys[i].raw_data(), w_values[i].size(0)});
+      as_stored = as_stored && w_values[i].raw_data() == weights[i]->value.raw_data();
+    }
+    if (x_value.dtype() == DType::bf16 && kernels::cuda::gemv_supports(rows, in, x_value.raw_data(), in, products)) {
+      cuda_set_device(x_value.device().index);
+      kernels::cuda::gemv(rows, in, x_value.raw_data(), in, products, weights_are_constant && as_stored,
+                          compute_stream());
+    } else {
+      for (size_t i = 0; i < weights.size(); ++i)
+        cuda_product(false, true, rows, ys[i].size(-1), in, x_value, in, w_values[i], in, ys[i], ys[i].size(-1));
+    }
   }
 #endif
-  dispatch_cpu_float("linear", x_value.dtype(), [&]<typename T>() {
-    gemm<T>(false, true, rows, out, in, T(1), x_value.data<T>(), in, w_value.data<T>(), in, T(0),
-            y.data<T>(), out);
-  });
-  return autograd::record(std::make_shared<LinearNode>(x_value, w_value, weight->value.dtype()),
-                          {x, weight}, y);
+  std::vector<autograd::Var> outputs;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const int64_t out = w_values[i].size(0);
+    if (!x_value.device().is_cuda()) {
+      dispatch_cpu_float("linear", x_value.dtype(), [&]<typename T>() {
+        gemm<T>(false, true, rows, out, in, T(1), x_value.data<T>(), in, w_values[i].data<T>(), in, T(0),
+                ys[i].data<T>(), out);
+      });
+    }
+    outputs.push_back(autograd::record(
+        std::make_shared<LinearNode>(x_value, w_values[i], weights[i]->value.dtype()), {x, weights[i]}, ys[i]));
+  }
+  return outputs;
+}
+
+}  // namespace
+
+autograd::Var linear(const autograd::Var& x, const autograd::Var& weight) {
+  return linear_products(x, {weight}, false).front();
+}
+
+autograd::Var linear_of_constant_weight(const autograd::Var& x, const autograd::Var& weight) {
+  return linear_products(x, {weight}, true).front();
+}
+
+std::vector<autograd::Var> linears_of_constant_weights(const autograd::Var& x,
+                                                       const std::vector<autograd::Var>& weights) {
+  BRAID_CHECK(!weights.empty(), "linears_of_constant_weights: no weights");
+  return linear_products(x, weights, true);
+}
+
+autograd::Var swiglu_of_constant_weights(const autograd::Var& x, const autograd::Var& gate_weight,
+                                         const autograd::Var& up_weight) {
+#ifdef BRAID_CUDA
+  const Tensor& gate = gate_weight->value;
+  const Tensor& up = up_weight->value;
+  const Tensor& x_value = x->value;
+  if (!autograd::grad_enabled() && x_value.device().is_cuda() && x_value.dtype() == DType::bf16 &&
+      x_value.is_contiguous() && gate.dtype() == DType::bf16 && up.dtype() == DType::bf16 && gate.dim() == 2 &&
+      gate.shape() == up.shape() && gate.is_contiguous() && up.is_contiguous() && gate.device() == x_value.device() &&
+      up.device() == x_value.device() && x_value.dim() >= 1 && x_value.size(-1) == gate.size(1)) {
+    const int64_t rows = leading_rows(x_value), in = gate.size(1), out = gate.size(0);
+    Shape y_shape = x_value.shape();
+    y_shape.back() = out;
+    Tensor y = Tensor::empty(y_shape, DType::bf16, x_value.device());
+    const kernels::cuda::GemvProduct products[] = {{gate.raw_data(), out, y.raw_data(), out},
+                                                   {up.raw_data(), out, y.raw_data(), out}};
+    if (kernels::cuda::gemv_supports(rows, in, x_value.raw_data(), in, products)) {
+      cuda_set_device(x_value.device().index);
+      kernels::cuda::gemv(rows, in, x_value.raw_data(), in, products, true, compute_stream(),
+                          kernels::cuda::GemvEpilogue::swiglu);
+      return autograd::leaf(y);
+    }
+  }
+#endif
+  const std::vector<autograd::Var> gate_up = linears_of_constant_weights(x, {gate_weight, up_weight});
+  return swiglu(gate_up[0], gate_up[1]);
 }
 
 }  // namespace braid::ops
