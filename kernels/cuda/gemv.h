@@ -1,6 +1,8 @@
 // y = x Wᵀ for a few rows of x: the products of a decode step (one token per sequence of the batch),
 // where each call reads a whole weight matrix to produce a handful of outputs. Bandwidth is all that
-// matters; see gemv.cu for how the matrix is streamed.
+// matters; see gemv.cu for how the matrix is streamed. A deliberate departure from "cuBLASLt for
+// GEMMs" (DESIGN.md): cuBLASLt's few-row kernels add split-K reduction launches and cannot start
+// loading weights before the kernel ahead of them ends (BENCHMARKS.md, Inference).
 //
 // x (rows, K) with row stride ldx, W (N, K) contiguous, y (rows, N) with row stride ldy, all bf16;
 // fp32 accumulation. Launched as a programmatic dependent launch (launch.h): with
