@@ -78,10 +78,7 @@ cache_attention_kernel(const T* __restrict__ q, const T* __restrict__ k_cache, c
                        const int32_t* __restrict__ lengths, T* __restrict__ out, float* __restrict__ partial_o,
                        float* __restrict__ partial_lse, CacheAttentionDims dims, CacheAttentionPlan plan,
                        int64_t window, int64_t sink, float scale) {
-  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
-  // before the kernel ahead has finished.
-  allow_dependent_launch();
-  wait_for_prior_grids();
+  start_after_prior_grids();  // launched with launch_dependent (launch.h)
   constexpr int kTile = cache_attention_tile<T>(), kParts = kThreads / kTile;
   extern __shared__ __align__(16) unsigned char shared[];
   const int Dk = int(dims.qk_dim), Dv = int(dims.v_dim);
@@ -274,10 +271,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
 cache_attention_merge_kernel(const float* __restrict__ partial_o, const float* __restrict__ partial_lse,
                              T* __restrict__ out, int64_t splits, int64_t Dv) {
-  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
-  // before the kernel ahead has finished.
-  allow_dependent_launch();
-  wait_for_prior_grids();
+  start_after_prior_grids();  // launched with launch_dependent (launch.h)
   const int64_t slot = blockIdx.x;  // row * Hq + h
   const float* lse = partial_lse + slot * splits;
   const int lane = threadIdx.x & 31;
@@ -303,10 +297,7 @@ template <typename T>
 __global__ void kv_cache_write_kernel(T* __restrict__ cache, const T* __restrict__ values,
                                       const int32_t* __restrict__ slots, int64_t time, int64_t heads,
                                       int64_t capacity, int64_t dim, int64_t total) {
-  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
-  // before the kernel ahead has finished.
-  allow_dependent_launch();
-  wait_for_prior_grids();
+  start_after_prior_grids();  // launched with launch_dependent (launch.h)
   const int64_t index = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (index >= total) return;
   const int64_t d = index % dim, h = (index / dim) % heads, bt = index / (dim * heads);
@@ -324,10 +315,7 @@ template <typename T>
 __global__ void rope_at_positions_kernel(const T* __restrict__ x, T* __restrict__ out, RopeFrequencies frequencies,
                                          const int32_t* __restrict__ positions, int64_t time, int64_t heads,
                                          int64_t head_dim, int64_t total) {
-  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
-  // before the kernel ahead has finished.
-  allow_dependent_launch();
-  wait_for_prior_grids();
+  start_after_prior_grids();  // launched with launch_dependent (launch.h)
   const int64_t index = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // over (b, t, h, i < D/2)
   if (index >= total) return;
   const int64_t half = head_dim / 2;
@@ -361,10 +349,7 @@ __global__ void conv_state_update_kernel(T* __restrict__ state, const T* __restr
                                          const float* __restrict__ weight, const float* __restrict__ bias,
                                          T* __restrict__ out, int64_t channels, int64_t width, bool apply_silu,
                                          int64_t total) {
-  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
-  // before the kernel ahead has finished.
-  allow_dependent_launch();
-  wait_for_prior_grids();
+  start_after_prior_grids();  // launched with launch_dependent (launch.h)
   const int64_t index = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // over (b, c)
   if (index >= total) return;
   const int64_t b = index / channels, c = index % channels, kept = width - 1;
@@ -390,10 +375,7 @@ __global__ void __launch_bounds__(kThreads)
 ssm_state_update_kernel(float* __restrict__ state, const T* __restrict__ x, const T* __restrict__ dt_raw,
                         const float* __restrict__ dt_bias, const float* __restrict__ A_log, const T* __restrict__ B,
                         const T* __restrict__ C, const float* __restrict__ D, T* __restrict__ y, SsmStepDims dims) {
-  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
-  // before the kernel ahead has finished.
-  allow_dependent_launch();
-  wait_for_prior_grids();
+  start_after_prior_grids();  // launched with launch_dependent (launch.h)
   const int64_t h = blockIdx.y, b = blockIdx.z;
   const int64_t H = dims.heads, P = dims.head_dim, N = dims.state;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -22,6 +22,12 @@ __device__ __forceinline__ void allow_dependent_launch() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 __device__ __forceinline__ void wait_for_prior_grids() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+// The first statement of a kernel that has nothing to do before the kernel ahead has finished: its
+// own launch latency hides under that kernel, and it lets the kernel after it launch early too.
+__device__ __forceinline__ void start_after_prior_grids() {
+  allow_dependent_launch();
+  wait_for_prior_grids();
+}
 
 // Streaming multiprocessors of the current device (queried once per device).
 int sm_count();

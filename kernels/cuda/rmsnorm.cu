@@ -113,10 +113,7 @@ struct BackwardArgs {
 
 template <SegmentNorm kKind, typename T, int V, TeamMode kMode>
 __global__ void __launch_bounds__(kMaxTeamThreads) segment_norm_forward_kernel(const ForwardArgs args) {
-  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
-  // before the kernel ahead has finished.
-  allow_dependent_launch();
-  wait_for_prior_grids();
+  start_after_prior_grids();  // launched with launch_dependent (launch.h)
   constexpr int kVecs = kElemsPerThread / V;
   constexpr bool kCached = kMode != TeamMode::chunked;
   constexpr bool kGroup = kKind == SegmentNorm::group;

@@ -45,10 +45,7 @@ __device__ __forceinline__ void swiglu_forward_at(const T* gate, const T* up, T*
 template <typename T, int V, int kUnroll, bool kRows>
 __global__ void __launch_bounds__(kThreads) swiglu_forward_kernel(const T* gate, const T* up, T* out,
                                                                   int64_t n, GateLayout layout) {
-  // A programmatic dependent launch (launch.h): the next kernel may launch now; nothing is read
-  // before the kernel ahead has finished.
-  allow_dependent_launch();
-  wait_for_prior_grids();
+  start_after_prior_grids();  // launched with launch_dependent (launch.h)
   const int64_t vectors = n / V;
   const int64_t step = int64_t(gridDim.x) * kThreads * kUnroll;
   for (int64_t base = int64_t(blockIdx.x) * kThreads * kUnroll + threadIdx.x; base < vectors;

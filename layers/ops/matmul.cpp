@@ -192,6 +192,11 @@ std::pair<Tensor, Tensor> linear_operands(const autograd::Var& x, const autograd
   return {x->value.contiguous(), weight->value.to(x->value.dtype()).contiguous()};
 }
 
+// Whether a product reads the weight's own storage (linear_operands neither converted nor copied it).
+bool used_as_stored(const Tensor& w_value, const autograd::Var& weight) {
+  return w_value.raw_data() == weight->value.raw_data();
+}
+
 // x times each weight (all of x's inner size).
 std::vector<autograd::Var> linear_products(const autograd::Var& x, const std::vector<autograd::Var>& weights,
                                            bool weights_are_constant) {
@@ -214,7 +219,7 @@ std::vector<autograd::Var> linear_products(const autograd::Var& x, const std::ve
     bool as_stored = true;
     for (size_t i = 0; i < weights.size(); ++i) {
       products.push_back({w_values[i].raw_data(), w_values[i].size(0), ys[i].raw_data(), w_values[i].size(0)});
-      as_stored = as_stored && w_values[i].raw_data() == weights[i]->value.raw_data();
+      as_stored = as_stored && used_as_stored(w_values[i], weights[i]);
     }
     if (x_value.dtype() == DType::bf16 && kernels::cuda::gemv_supports(rows, in, x_value.raw_data(), in, products)) {
       cuda_set_device(x_value.device().index);
@@ -260,20 +265,20 @@ std::vector<autograd::Var> linears_of_constant_weights(const autograd::Var& x,
 autograd::Var swiglu_of_constant_weights(const autograd::Var& x, const autograd::Var& gate_weight,
                                          const autograd::Var& up_weight) {
 #ifdef BRAID_CUDA
-  const Tensor& gate = gate_weight->value;
-  const Tensor& up = up_weight->value;
-  const Tensor& x_value = x->value;
-  if (!autograd::grad_enabled() && x_value.device().is_cuda() && x_value.dtype() == DType::bf16 &&
-      x_value.is_contiguous() && gate.dtype() == DType::bf16 && up.dtype() == DType::bf16 && gate.dim() == 2 &&
-      gate.shape() == up.shape() && gate.is_contiguous() && up.is_contiguous() && gate.device() == x_value.device() &&
-      up.device() == x_value.device() && x_value.dim() >= 1 && x_value.size(-1) == gate.size(1)) {
+  // Only bf16 weights qualify, so checking the operands converts nothing.
+  const bool bf16 = x->value.dtype() == DType::bf16 && gate_weight->value.dtype() == DType::bf16 &&
+                    up_weight->value.dtype() == DType::bf16;
+  if (!autograd::grad_enabled() && x->value.device().is_cuda() && bf16) {
+    const auto [x_value, gate] = linear_operands(x, gate_weight);
+    const Tensor up = linear_operands(x, up_weight).second;
     const int64_t rows = leading_rows(x_value), in = gate.size(1), out = gate.size(0);
     Shape y_shape = x_value.shape();
     y_shape.back() = out;
     Tensor y = Tensor::empty(y_shape, DType::bf16, x_value.device());
     const kernels::cuda::GemvProduct products[] = {{gate.raw_data(), out, y.raw_data(), out},
                                                    {up.raw_data(), out, y.raw_data(), out}};
-    if (kernels::cuda::gemv_supports(rows, in, x_value.raw_data(), in, products)) {
+    if (used_as_stored(gate, gate_weight) && used_as_stored(up, up_weight) && gate.shape() == up.shape() &&
+        kernels::cuda::gemv_supports(rows, in, x_value.raw_data(), in, products)) {
       cuda_set_device(x_value.device().index);
       kernels::cuda::gemv(rows, in, x_value.raw_data(), in, products, true, compute_stream(),
                           kernels::cuda::GemvEpilogue::swiglu);
